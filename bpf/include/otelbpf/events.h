@@ -1,0 +1,80 @@
+/* The whole kernel/user contract: every record that crosses the ring buffer, and the counters.
+ *
+ * otelbpf/events.py mirrors this file; tests/unit/test_events_mirror.py compiles it with gcc and
+ * compares sizeof/offsetof with the mirror, so change both together.
+ *
+ * Structs carry explicit padding and are never packed: the layout is the same for clang (BPF) and
+ * gcc (the mirror test) and every field is naturally aligned.
+ */
+#ifndef OTELBPF_EVENTS_H
+#define OTELBPF_EVENTS_H
+
+/* Bytes of request line and headers kept per request. A power of two: the kernel masks offsets
+ * with (OTELBPF_CAPTURE_BYTES - 1) so the verifier can bound them. */
+#ifndef OTELBPF_CAPTURE_BYTES
+#define OTELBPF_CAPTURE_BYTES 512
+#endif
+
+/* First byte of every ring-buffer record: user space dispatches on raw[0]. */
+enum otelbpf_event_type {
+	OTELBPF_EVENT_HTTP = 1,
+};
+
+enum otelbpf_role {
+	OTELBPF_ROLE_SERVER = 1,
+	OTELBPF_ROLE_CLIENT = 2,
+};
+
+/* otelbpf_http_event.flags */
+#define OTELBPF_HTTP_CONN_CLOSED 0x01 /* connection ended before the response completed */
+#define OTELBPF_HTTP_REQ_TRUNCATED 0x02 /* the request had more bytes than were captured */
+#define OTELBPF_HTTP_PIPELINED 0x04 /* a request that was queued behind another on the connection */
+#define OTELBPF_HTTP_END_INFERRED 0x08 /* response end not delimited; ended by close or next request */
+#define OTELBPF_HTTP_NO_RESPONSE 0x10 /* no response bytes were seen at all */
+#define OTELBPF_HTTP_CLOSE_DELIMITED 0x20 /* response without length, completed by the close */
+
+/* Addresses of one TCP connection, from the traced process's side. IPv4 addresses sit in the first
+ * four bytes of the 16-byte arrays; ports are in host byte order. */
+struct otelbpf_conn_addr {
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
+	__u16 local_port;
+	__u16 peer_port;
+	__u16 family; /* AF_INET (2), AF_INET6 (10), or 0 when unknown */
+	__u16 _pad;
+};
+
+/* One finished HTTP/1.x request: request and response paired in the kernel. */
+struct otelbpf_http_event {
+	__u8 type; /* OTELBPF_EVENT_HTTP */
+	__u8 role; /* enum otelbpf_role */
+	__u8 flags; /* OTELBPF_HTTP_* */
+	__u8 _pad0;
+	__u16 status; /* response status code, 0 when no status line was seen */
+	__u16 req_offset; /* where this request starts inside req[] (non-zero when pipelined) */
+	__u32 pid; /* tgid of the traced process */
+	__u32 tid; /* thread that read (server) or wrote (client) the request */
+	__u32 req_len; /* valid bytes in req[] */
+	__u32 _pad1;
+	__u64 start_ns; /* CLOCK_MONOTONIC */
+	__u64 end_ns; /* CLOCK_MONOTONIC */
+	__u64 bytes_in; /* bytes the traced process received for this request */
+	__u64 bytes_out; /* bytes the traced process sent for this request */
+	__u64 sock_id; /* kernel socket identity, stable for the connection's life */
+	struct otelbpf_conn_addr conn;
+	char req[OTELBPF_CAPTURE_BYTES]; /* first bytes of request line and headers, as sent */
+};
+
+/* Indexes of the per-CPU counter array `stats`. */
+enum otelbpf_stat {
+	OTELBPF_STAT_REQUESTS = 0, /* request starts recognised */
+	OTELBPF_STAT_EVENTS = 1, /* records written to the ring buffer */
+	OTELBPF_STAT_LOST_RINGBUF_FULL = 2, /* records lost: ring buffer full */
+	OTELBPF_STAT_SAMPLED_OUT = 3, /* records shed by the per-CPU rate limit */
+	OTELBPF_STAT_ORPHAN_RESPONSES = 4, /* responses with no tracked request (evicted or pre-existing) */
+	OTELBPF_STAT_READ_FAULTS = 5, /* user memory could not be read; capture incomplete */
+	OTELBPF_STAT_TARGETS_FULL = 6, /* a process could not be added to the target table */
+	OTELBPF_STAT_MAX = 8,
+};
+
+#endif /* OTELBPF_EVENTS_H */

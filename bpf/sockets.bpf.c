@@ -1,0 +1,926 @@
+/* HTTP/1.x over plain TCP sockets, from syscall and socket tracepoints only (no kprobes).
+ *
+ * Per syscall: sys_enter_* saves the user buffer (the return probe no longer has the arguments),
+ * sock:sock_{recv,send}_length tells us the fd is a TCP socket and gives its struct sock, and
+ * sys_exit_* feeds the transferred bytes to a per-connection state machine. Request and response
+ * are paired here; one record per finished request crosses the ring buffer.
+ *
+ * Tunables come in as -D flags (see otelbpf/probes.py); kernel struct offsets (OFF_SKC_*) come
+ * from the running kernel's BTF because the installed headers may belong to another kernel.
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/socket.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+
+#include "otelbpf/events.h"
+
+#ifndef MAX_CONNECTIONS
+#define MAX_CONNECTIONS 65536
+#endif
+#ifndef MAX_TARGETS
+#define MAX_TARGETS 16384
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 1024
+#endif
+/* Per-CPU records allowed per 100 ms window; 0 disables the limit. */
+#ifndef MAX_EVENTS_PER_WINDOW
+#define MAX_EVENTS_PER_WINDOW 0
+#endif
+/* Wake the consumer once per this many records per CPU; it also polls on a timer, so a quiet
+ * trickle is still delivered. Batching wakeups saves an interrupt and a context switch a record. */
+#ifndef WAKEUP_EVERY
+#define WAKEUP_EVERY 64
+#endif
+#define WINDOW_NS 100000000ULL
+#define CAP OTELBPF_CAPTURE_BYTES
+#define MAX_IOV 8
+
+enum io_dir { DIR_IN = 1, DIR_OUT = 2 };
+enum conn_state_kind { ST_IDLE = 0, ST_REQUEST = 1, ST_RESPONSE = 2 };
+enum proto { PROTO_UNKNOWN = 0, PROTO_HTTP = 1, PROTO_OTHER = 2 };
+
+struct config {
+	u32 self_tgid; /* never trace otelbpf itself: its export traffic would feed back */
+	u32 trace_all; /* 1: every process; 0 (the default until configured): only tgids in `targets` */
+};
+
+/* A syscall in flight on one thread, from sys_enter to sys_exit. */
+struct io_args {
+	u64 sk; /* set by sock_*_length: the fd is a TCP socket */
+	u64 buf; /* plain buffer, or the iovec array when iovcnt > 0 */
+	u64 enter_ns;
+	u32 fd;
+	u32 iovcnt;
+	s64 ret; /* the syscall's result, handed to process_io */
+	u8 dir;
+	u8 family;
+	u8 _pad[6];
+};
+
+struct conn_state {
+	struct otelbpf_http_event ev; /* the record being built, emitted straight from map memory */
+	char overflow[CAP]; /* lets a capture append be bounded by CAP alone */
+	u64 last_resp_ns;
+	s64 body_left; /* response body bytes still expected; -1 when not length-delimited */
+	u64 tail; /* last bytes of the response stream, to spot the end of a chunked body */
+	u8 state;
+	u8 proto;
+	u8 role;
+	u8 chunked;
+	u8 addr_known;
+	u8 head_req; /* request method was HEAD: the response has no body whatever it says */
+	u8 peer_closed;
+	u8 check_pipeline; /* a response completed: look for a queued request (tail call 1) */
+};
+
+struct conn_key {
+	u32 tgid;
+	u32 fd;
+};
+
+enum scan_mode { SCAN_NAME = 0, SCAN_VALUE = 1, SCAN_LINE_START = 2, SCAN_BLANK_CR = 3 };
+
+struct scan_state {
+	u64 h; /* hash of the header name so far */
+	s64 cl; /* Content-Length, -1 when absent */
+	u32 mode;
+	u32 which; /* 1: in Content-Length, 2: in Transfer-Encoding */
+	u32 end; /* offset just past the blank line, 0 when not within the buffer */
+	u32 chunked;
+};
+
+struct scratch {
+	char buf[2 * CAP];
+	struct scan_state ss;
+	struct conn_key key; /* the connection check_pipeline should look at */
+};
+
+struct comm_key {
+	char comm[16];
+};
+
+struct rate_window {
+	u64 start_ns;
+	u64 used;
+	u64 since_wakeup;
+};
+
+/* Settings written once by user space before attaching. */
+BPF_ARRAY(config_map, struct config, 1);
+/* Processes to trace unless config.trace_all is set (tgid -> 1). */
+BPF_HASH(targets, u32, u8, MAX_TARGETS);
+/* Executable names (comm) whose new processes become targets (--exe). */
+BPF_HASH(target_comms, struct comm_key, u8, 64);
+/* Syscall arguments saved at sys_enter, by thread id. */
+BPF_HASH(active_io, u64, struct io_args, 16384);
+/* connect()/accept() arguments saved at sys_enter, by thread id. */
+BPF_HASH(active_sock_call, u64, u32, 16384);
+/* Per-connection HTTP state, by (tgid, fd). LRU: idle connections fall out first. */
+BPF_TABLE("lru_hash", struct conn_key, struct conn_state, conns, MAX_CONNECTIONS);
+/* Zero-filled template for new connections: the state is too large for the BPF stack. */
+BPF_PERCPU_ARRAY(zero_state, struct conn_state, 1);
+/* Room to copy response headers into before scanning them. */
+BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
+/* Counters, indexed by enum otelbpf_stat. */
+BPF_PERCPU_ARRAY(stats, u64, OTELBPF_STAT_MAX);
+/* Per-CPU rate-limit window. */
+BPF_PERCPU_ARRAY(rate_map, struct rate_window, 1);
+/* 0: process_io, 1: check_pipeline. Reached by tail call so each is verified once, not per
+ * syscall tracepoint. */
+BPF_PROG_ARRAY(progs, 2);
+/* Finished requests for user space. */
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void count(u32 idx)
+{
+	u64 *v = stats.lookup(&idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int traced(u32 tgid)
+{
+	u32 zero = 0;
+	struct config *cfg = config_map.lookup(&zero);
+	if (!cfg || tgid == cfg->self_tgid)
+		return 0;
+	if (cfg->trace_all)
+		return 1;
+	return targets.lookup(&tgid) != NULL;
+}
+
+/* ---- process selection ---- */
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	struct comm_key key = {};
+	bpf_get_current_comm(&key.comm, sizeof(key.comm));
+	if (!target_comms.lookup(&key))
+		return 0;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u8 one = 1;
+	if (targets.update(&tgid, &one))
+		count(OTELBPF_STAT_TARGETS_FULL);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	/* Children of a target are targets: nginx and gunicorn workers are forked. */
+	u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (!targets.lookup(&parent))
+		return 0;
+	u32 child = args->child_pid;
+	u8 one = 1;
+	if (targets.update(&child, &one))
+		count(OTELBPF_STAT_TARGETS_FULL);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	/* Threads enter the table through the fork hook too; drop each id as its task ends. */
+	u32 pid = args->pid;
+	targets.delete(&pid);
+	return 0;
+}
+
+/* ---- helpers ---- */
+
+static __always_inline int is_method_start(const char *p)
+{
+	/* The request line's first bytes; PRI is the HTTP/2 preface, not HTTP/1.x. */
+	if (p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ')
+		return 1;
+	if (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T' && p[4] == ' ')
+		return 1;
+	if (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ')
+		return 1;
+	if (p[0] == 'H' && p[1] == 'E' && p[2] == 'A' && p[3] == 'D' && p[4] == ' ')
+		return 2;
+	if (p[0] == 'D' && p[1] == 'E' && p[2] == 'L' && p[3] == 'E' && p[4] == 'T' && p[5] == 'E' &&
+	    p[6] == ' ')
+		return 1;
+	if (p[0] == 'P' && p[1] == 'A' && p[2] == 'T' && p[3] == 'C' && p[4] == 'H' && p[5] == ' ')
+		return 1;
+	if (p[0] == 'O' && p[1] == 'P' && p[2] == 'T' && p[3] == 'I' && p[4] == 'O' && p[5] == 'N' &&
+	    p[6] == 'S')
+		return 1;
+	if (p[0] == 'C' && p[1] == 'O' && p[2] == 'N' && p[3] == 'N' && p[4] == 'E' && p[5] == 'C' &&
+	    p[6] == 'T')
+		return 1;
+	if (p[0] == 'T' && p[1] == 'R' && p[2] == 'A' && p[3] == 'C' && p[4] == 'E' && p[5] == ' ')
+		return 1;
+	return 0;
+}
+
+static __always_inline int is_status_start(const char *p)
+{
+	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' &&
+	       p[6] == '.' && p[8] == ' ';
+}
+
+static __always_inline u16 parse_status(const char *p)
+{
+	u8 a = p[9] - '0', b = p[10] - '0', c = p[11] - '0';
+	if (a > 9 || b > 9 || c > 9)
+		return 0;
+	return a * 100 + b * 10 + c;
+}
+
+/* 64-bit FNV-1a over lower-cased header names, compared against these precomputed values
+ * (tests/unit/test_bpf_source.py recomputes them). */
+#define HASH_SEED 0xcbf29ce484222325ULL
+#define HASH_PRIME 0x100000001b3ULL
+#define HASH_CONTENT_LENGTH 0x2d69a1e6ee916e7dULL /* "content-length" */
+#define HASH_TRANSFER_ENCODING 0x8640bd735e9d802cULL /* "transfer-encoding" */
+
+/* Keep a value opaque to the compiler so it cannot fold the bounds mask away. */
+#define barrier_var(v) asm volatile("" : "+r"(v))
+
+/* One pass over the header block at the start of s->buf: where it ends, Content-Length,
+ * Transfer-Encoding. The parser's state lives in map memory (volatile), not registers: each loop
+ * iteration then ends in the same verifier state, so verification stays linear in CAP. */
+static __always_inline void scan_head(struct scratch *s, u32 len)
+{
+	volatile struct scan_state *ss = &s->ss;
+	/* Hide len's range from clang: knowing len < CAP it would drop the constant bound, and the
+	 * verifier needs that bound to see the loop end. */
+	barrier_var(len);
+	ss->h = HASH_SEED;
+	ss->cl = -1;
+	ss->mode = SCAN_NAME;
+	ss->which = 0;
+	ss->end = 0;
+	ss->chunked = 0;
+	for (u32 i = 0; i < CAP; i++) {
+		if (i >= len || ss->end)
+			break;
+		u32 idx = i;
+		barrier_var(idx);
+		u8 c = s->buf[idx & (2 * CAP - 1)];
+		u32 mode = ss->mode;
+		if (mode == SCAN_VALUE) {
+			if (c == '\n') {
+				ss->mode = SCAN_LINE_START;
+				ss->h = HASH_SEED;
+			} else if (ss->which == 1 && c >= '0' && c <= '9') {
+				s64 cl = ss->cl;
+				ss->cl = (cl < 0 ? 0 : cl * 10) + (c - '0');
+			}
+			continue;
+		}
+		if (mode == SCAN_LINE_START || mode == SCAN_BLANK_CR) {
+			/* An empty line ends the header block. */
+			if (c == '\n') {
+				ss->end = i + 1;
+				break;
+			}
+			if (c == '\r') {
+				ss->mode = SCAN_BLANK_CR;
+				continue;
+			}
+			ss->mode = SCAN_NAME;
+		}
+		if (c == '\n') {
+			ss->mode = SCAN_LINE_START; /* a line without ':' (request or status line) */
+			ss->h = HASH_SEED;
+			continue;
+		}
+		if (c == ':') {
+			u64 h = ss->h;
+			u32 which = h == HASH_CONTENT_LENGTH ? 1 : (h == HASH_TRANSFER_ENCODING ? 2 : 0);
+			ss->which = which;
+			if (which == 2)
+				ss->chunked = 1;
+			ss->mode = SCAN_VALUE;
+			continue;
+		}
+		ss->h = (ss->h ^ (u8)(c | 0x20)) * HASH_PRIME;
+	}
+}
+
+/* The user address and length of the first segment of this syscall's data. */
+static __always_inline int first_segment(struct io_args *io, u64 *addr, u64 *len, u64 ret)
+{
+	if (!io->iovcnt) {
+		*addr = io->buf;
+		*len = ret;
+		return 0;
+	}
+	struct iovec iov = {};
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)io->buf))
+		return -1;
+	*addr = (u64)iov.iov_base;
+	*len = iov.iov_len < ret ? iov.iov_len : ret;
+	return 0;
+}
+
+/* Shift the last bytes of this syscall's data into st->tail (for the chunked terminator). */
+static __always_inline void update_tail(struct conn_state *st, struct io_args *io, u64 ret)
+{
+	u64 addr = io->buf, seg = ret;
+	if (io->iovcnt) {
+		/* Find the iovec holding the last transferred byte. */
+		u64 left = ret;
+		seg = 0;
+		for (int i = 0; i < MAX_IOV; i++) {
+			if (i >= io->iovcnt || left == 0)
+				break;
+			struct iovec iov = {};
+			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(io->buf + i * sizeof(iov))))
+				return;
+			u64 n = iov.iov_len < left ? iov.iov_len : left;
+			left -= n;
+			addr = (u64)iov.iov_base;
+			seg = n;
+		}
+		if (left)
+			return; /* more iovecs than we walk: leave the tail alone */
+	}
+	u8 n = seg >= 8 ? 8 : seg;
+	if (n == 0)
+		return;
+	u64 bytes = 0;
+	if (bpf_probe_read_user(&bytes, n & 15, (void *)(addr + seg - n)))
+		return;
+	/* bytes holds the last n bytes, first byte lowest; keep the stream's last byte lowest-first
+	 * by shifting the previous tail down. */
+	if (n == 8)
+		st->tail = bytes;
+	else
+		st->tail = (st->tail >> (8 * n)) | (bytes << (8 * (8 - n)));
+}
+
+/* "0\r\n\r\n" as the last five bytes of the stream, read little-endian from the top of tail. */
+static __always_inline int tail_ends_chunked(u64 tail)
+{
+	return (tail >> 24) == 0x0a0d0a0d30ULL;
+}
+
+static __always_inline void read_addresses(struct conn_state *st, u64 sk)
+{
+	struct otelbpf_conn_addr *a = &st->ev.conn;
+	u16 family = 0, dport = 0, num = 0;
+	bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + OFF_SKC_FAMILY));
+	bpf_probe_read_kernel(&dport, sizeof(dport), (void *)(sk + OFF_SKC_DPORT));
+	bpf_probe_read_kernel(&num, sizeof(num), (void *)(sk + OFF_SKC_NUM));
+	if (family == AF_INET) {
+		bpf_probe_read_kernel(a->local_addr, 4, (void *)(sk + OFF_SKC_RCV_SADDR));
+		bpf_probe_read_kernel(a->peer_addr, 4, (void *)(sk + OFF_SKC_DADDR));
+	} else if (family == AF_INET6) {
+		bpf_probe_read_kernel(a->local_addr, 16, (void *)(sk + OFF_SKC_V6_RCV_SADDR));
+		bpf_probe_read_kernel(a->peer_addr, 16, (void *)(sk + OFF_SKC_V6_DADDR));
+	}
+	a->family = family;
+	a->local_port = num;
+	a->peer_port = ntohs(dport);
+	st->addr_known = 1;
+}
+
+static __always_inline int rate_allows(struct rate_window *w, u64 now)
+{
+	if (MAX_EVENTS_PER_WINDOW == 0)
+		return 1;
+	if (now - w->start_ns > WINDOW_NS) {
+		w->start_ns = now;
+		w->used = 0;
+	}
+	if (w->used >= MAX_EVENTS_PER_WINDOW)
+		return 0;
+	w->used++;
+	return 1;
+}
+
+static __always_inline void emit(struct conn_state *st, u64 now)
+{
+	st->ev.type = OTELBPF_EVENT_HTTP;
+	u32 zero = 0;
+	struct rate_window *w = rate_map.lookup(&zero);
+	if (!w)
+		return;
+	if (!rate_allows(w, now)) {
+		count(OTELBPF_STAT_SAMPLED_OUT);
+		return;
+	}
+	u64 flags = BPF_RB_NO_WAKEUP;
+	if (++w->since_wakeup >= WAKEUP_EVERY) {
+		w->since_wakeup = 0;
+		flags = BPF_RB_FORCE_WAKEUP;
+	}
+	if (events.ringbuf_output(&st->ev, sizeof(st->ev), flags)) {
+		count(OTELBPF_STAT_LOST_RINGBUF_FULL);
+		return;
+	}
+	count(OTELBPF_STAT_EVENTS);
+}
+
+/* Append this syscall's first segment to the request capture while there is room. */
+static __always_inline void capture_append(struct conn_state *st, u64 addr, u64 len)
+{
+	u32 off = st->ev.req_len;
+	if (off >= CAP) {
+		st->ev.flags |= OTELBPF_HTTP_REQ_TRUNCATED;
+		return;
+	}
+	u32 n = len > CAP ? CAP : len;
+	if (n > CAP - off) {
+		n = CAP - off;
+		st->ev.flags |= OTELBPF_HTTP_REQ_TRUNCATED;
+	}
+	if (n == 0)
+		return;
+	if (bpf_probe_read_user(&st->ev.req[off & (CAP - 1)], n & (2 * CAP - 1), (void *)addr)) {
+		count(OTELBPF_STAT_READ_FAULTS);
+		return;
+	}
+	st->ev.req_len = off + n;
+}
+
+static __always_inline void begin_request(struct conn_state *st, struct io_args *io, u64 addr,
+					  u64 len, u64 ret, u64 now, u32 tid, int method)
+{
+	count(OTELBPF_STAT_REQUESTS);
+	st->state = ST_REQUEST;
+	st->head_req = method == 2;
+	st->ev.flags = 0;
+	st->ev.status = 0;
+	st->ev.req_offset = 0;
+	st->ev.req_len = 0;
+	st->ev.tid = tid;
+	st->ev.bytes_in = 0;
+	st->ev.bytes_out = 0;
+	st->body_left = -1;
+	st->chunked = 0;
+	st->tail = 0;
+	/* A server's request begins when its bytes arrive; a client's when it starts sending. */
+	st->ev.start_ns = st->role == OTELBPF_ROLE_SERVER ? now : io->enter_ns;
+	st->ev.end_ns = now;
+	capture_append(st, addr, len);
+}
+
+/* After a response completes: look for the next request already captured (pipelining). */
+static __always_inline void after_response(struct conn_state *st, u64 now)
+{
+	st->state = ST_IDLE;
+	u32 len = st->ev.req_len;
+	u32 start = st->ev.req_offset;
+	if (start >= len || start >= CAP)
+		return;
+	u32 zero = 0;
+	struct scratch *s = scratch_map.lookup(&zero);
+	if (!s)
+		return;
+	/* req[] is followed by CAP bytes of overflow, so CAP bytes from any start < CAP are in bounds. */
+	bpf_probe_read_kernel(s->buf, CAP, &st->ev.req[start & (CAP - 1)]);
+	scan_head(s, len - start);
+	u32 end = s->ss.end;
+	s64 cl = s->ss.cl;
+	if (!end)
+		return;
+	u64 next = start + end + (cl > 0 ? cl : 0);
+	if (next + 8 > len || next >= CAP)
+		return;
+	char peek[8] = {};
+	bpf_probe_read_kernel(peek, sizeof(peek), &st->ev.req[next & (CAP - 1)]);
+	int m = is_method_start(peek);
+	if (!m)
+		return;
+	count(OTELBPF_STAT_REQUESTS);
+	st->state = ST_REQUEST;
+	st->head_req = m == 2;
+	st->ev.req_offset = next;
+	st->ev.flags = OTELBPF_HTTP_PIPELINED;
+	st->ev.status = 0;
+	st->ev.bytes_in = 0;
+	st->ev.bytes_out = 0;
+	st->body_left = -1;
+	st->chunked = 0;
+	st->tail = 0;
+	/* The request was read with its predecessor; it starts when its turn to be served comes. */
+	st->ev.start_ns = now;
+}
+
+static __always_inline void finish(struct conn_state *st, u64 now)
+{
+	emit(st, now);
+	st->state = ST_IDLE;
+	/* Only worth a look when more bytes were captured than this request's own. */
+	if (st->ev.req_len > st->ev.req_offset + 16)
+		st->check_pipeline = 1;
+}
+
+static __always_inline void add_bytes(struct conn_state *st, u8 dir, u64 ret)
+{
+	if (dir == DIR_IN)
+		st->ev.bytes_in += ret;
+	else
+		st->ev.bytes_out += ret;
+}
+
+/* Response bytes (written by a server, read by a client). */
+static __always_inline void on_response_data(struct conn_state *st, struct io_args *io, u64 addr,
+					     u64 seglen, u64 ret, u64 now)
+{
+	if (st->state == ST_REQUEST) {
+		u32 zero = 0;
+		struct scratch *s = scratch_map.lookup(&zero);
+		if (!s)
+			return;
+		u32 n = seglen > CAP ? CAP : seglen;
+		if (n < 12)
+			return;
+		if (bpf_probe_read_user(s->buf, n & (2 * CAP - 1), (void *)addr)) {
+			count(OTELBPF_STAT_READ_FAULTS);
+			return;
+		}
+		if (!is_status_start(s->buf))
+			return;
+		u16 status = parse_status(s->buf);
+		add_bytes(st, io->dir, ret);
+		if (status >= 100 && status < 200 && status != 101)
+			return; /* interim response (100 Continue): the real one follows */
+		st->ev.status = status;
+		st->state = ST_RESPONSE;
+		st->ev.end_ns = now;
+		if (status == 101) {
+			/* Protocol switch (WebSocket): the connection stops being HTTP/1.x. */
+			st->proto = PROTO_OTHER;
+			emit(st, now);
+			st->state = ST_IDLE;
+			return;
+		}
+		scan_head(s, n);
+		u32 end = s->ss.end;
+		s64 cl = s->ss.cl;
+		if (st->head_req || status == 204 || status == 304) {
+			st->body_left = 0;
+		} else if (s->ss.chunked) {
+			st->chunked = 1;
+		} else if (cl >= 0 && end) {
+			st->body_left = cl - (s64)(ret - end);
+		} else {
+			st->body_left = -1;
+		}
+		if (st->chunked)
+			update_tail(st, io, ret);
+		if ((st->body_left >= 0 && st->body_left <= 0 && !st->chunked) ||
+		    (st->chunked && tail_ends_chunked(st->tail)))
+			finish(st, now);
+		return;
+	}
+	if (st->state == ST_RESPONSE) {
+		add_bytes(st, io->dir, ret);
+		st->ev.end_ns = now;
+		if (st->chunked) {
+			update_tail(st, io, ret);
+			if (tail_ends_chunked(st->tail))
+				finish(st, now);
+		} else if (st->body_left >= 0) {
+			st->body_left -= ret;
+			if (st->body_left <= 0)
+				finish(st, now);
+		}
+		return;
+	}
+	/* Idle: a response we did not see the request of. */
+	if (st->role == OTELBPF_ROLE_SERVER && seglen >= 12) {
+		char p[12] = {};
+		if (!bpf_probe_read_user(p, sizeof(p), (void *)addr) && is_status_start(p))
+			count(OTELBPF_STAT_ORPHAN_RESPONSES);
+	}
+}
+
+/* Request bytes (read by a server, written by a client). */
+static __always_inline void on_request_data(struct conn_state *st, struct io_args *io, u64 addr,
+					    u64 seglen, u64 ret, u64 now, u32 tid, int method)
+{
+	if (method) {
+		if (st->state == ST_REQUEST) {
+			/* Another request before the response: pipelined; keep its bytes for later. */
+			add_bytes(st, io->dir, ret);
+			capture_append(st, addr, seglen);
+			return;
+		}
+		if (st->state == ST_RESPONSE) {
+			/* The previous response had no delimiter we could follow: it ended here. */
+			st->ev.flags |= OTELBPF_HTTP_END_INFERRED;
+			st->ev.end_ns = st->last_resp_ns ? st->last_resp_ns : st->ev.end_ns;
+			emit(st, now);
+		}
+		begin_request(st, io, addr, seglen, ret, now, tid, method);
+		add_bytes(st, io->dir, ret);
+		return;
+	}
+	if (st->state == ST_REQUEST) {
+		/* The rest of the request: headers read in pieces, or a body. */
+		add_bytes(st, io->dir, ret);
+		capture_append(st, addr, seglen);
+	}
+}
+
+/* End of a connection (close, or EOF seen by a reader): finish what is in flight. */
+static __always_inline void on_conn_end(struct conn_state *st, u64 now)
+{
+	if (st->proto != PROTO_HTTP)
+		return;
+	if (st->state == ST_REQUEST) {
+		st->ev.flags |= OTELBPF_HTTP_CONN_CLOSED | OTELBPF_HTTP_NO_RESPONSE;
+		st->ev.end_ns = now;
+		emit(st, now);
+	} else if (st->state == ST_RESPONSE) {
+		if (st->body_left < 0 && !st->chunked)
+			st->ev.flags |= OTELBPF_HTTP_CLOSE_DELIMITED; /* HTTP/1.0 style: ends with the close */
+		else
+			st->ev.flags |= OTELBPF_HTTP_CONN_CLOSED;
+		emit(st, now);
+	}
+	st->state = ST_IDLE;
+}
+
+/* ---- syscall plumbing ---- */
+
+static __always_inline int save_io(u32 fd, u64 buf, u32 iovcnt, u8 dir)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!traced(id >> 32))
+		return 0;
+	struct io_args io = {};
+	io.fd = fd;
+	io.buf = buf;
+	io.iovcnt = iovcnt > MAX_IOV ? MAX_IOV : iovcnt;
+	io.dir = dir;
+	io.enter_ns = bpf_ktime_get_ns();
+	active_io.update(&id, &io);
+	return 0;
+}
+
+static __always_inline int save_msg(u32 fd, u64 msg, u8 dir)
+{
+	/* struct user_msghdr is ABI: msg_iov at 16, msg_iovlen at 24 on 64-bit. */
+	u64 iov = 0, iovlen = 0;
+	bpf_probe_read_user(&iov, sizeof(iov), (void *)(msg + 16));
+	bpf_probe_read_user(&iovlen, sizeof(iovlen), (void *)(msg + 24));
+	if (!iov || !iovlen)
+		return 0;
+	return save_io(fd, iov, iovlen, dir);
+}
+
+static __always_inline void mark_socket(void *sk, u16 family, u16 protocol)
+{
+	if (protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6))
+		return;
+	u64 id = bpf_get_current_pid_tgid();
+	struct io_args *io = active_io.lookup(&id);
+	if (io) {
+		io->sk = (u64)sk;
+		io->family = family;
+	}
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length)
+{
+	mark_socket(args->sk, args->family, args->protocol);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length)
+{
+	mark_socket(args->sk, args->family, args->protocol);
+	return 0;
+}
+
+static __always_inline struct conn_state *new_conn(struct conn_key *key, u8 role, u8 proto)
+{
+	u32 zero = 0;
+	struct conn_state *tmpl = zero_state.lookup(&zero);
+	if (!tmpl)
+		return NULL;
+	if (conns.update(key, tmpl))
+		return NULL;
+	struct conn_state *st = conns.lookup(key);
+	if (!st)
+		return NULL;
+	st->role = role;
+	st->proto = proto;
+	st->ev.role = role;
+	st->ev.pid = key->tgid;
+	st->body_left = -1;
+	return st;
+}
+
+static __always_inline int handle_io_exit(void *ctx, long ret)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct io_args *io = active_io.lookup(&id);
+	if (!io)
+		return 0;
+	if (!io->sk || ret < 0) {
+		active_io.delete(&id);
+		return 0; /* not a TCP socket, or nothing transferred */
+	}
+	io->ret = ret;
+	progs.call(ctx, 0);
+	/* Only reached if the tail call failed. */
+	active_io.delete(&id);
+	return 0;
+}
+
+/* The per-connection state machine for one socket read or write (tail-called). */
+int process_io(void *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct io_args *iop = active_io.lookup(&id);
+	if (!iop)
+		return 0;
+	struct io_args io = *iop;
+	active_io.delete(&id);
+	long ret = io.ret;
+	u64 now = bpf_ktime_get_ns();
+	struct conn_key key = {.tgid = id >> 32, .fd = io.fd};
+	struct conn_state *st = conns.lookup(&key);
+	if (st && st->proto == PROTO_OTHER && st->ev.sock_id == io.sk)
+		return 0; /* known non-HTTP connection: ignored cheaply */
+	if (ret <= 0) {
+		if (ret == 0 && io.dir == DIR_IN && st && st->ev.sock_id == io.sk) {
+			/* EOF: the peer is done. A client can finish now; a server may still answer. */
+			st->peer_closed = 1;
+			if (st->role == OTELBPF_ROLE_CLIENT)
+				on_conn_end(st, now);
+		}
+		return 0;
+	}
+	u64 addr = 0, seglen = 0;
+	if (first_segment(&io, &addr, &seglen, ret))
+		return 0;
+	char peek[8] = {};
+	int method = 0;
+	if (seglen >= 8 && !bpf_probe_read_user(peek, sizeof(peek), (void *)addr))
+		method = is_method_start(peek);
+
+	if (st && st->ev.sock_id && st->ev.sock_id != io.sk) {
+		/* The fd now names another socket (its close was not seen): start afresh. */
+		on_conn_end(st, now);
+		conns.delete(&key);
+		st = NULL;
+	}
+	if (!st) {
+		/* A connection that predates otelbpf or whose accept/connect we missed: adopt it at a
+		 * request start; the direction tells the role. */
+		if (!method)
+			return 0;
+		st = new_conn(&key, io.dir == DIR_IN ? OTELBPF_ROLE_SERVER : OTELBPF_ROLE_CLIENT,
+			      PROTO_HTTP);
+		if (!st)
+			return 0;
+	}
+	if (!st->ev.sock_id)
+		st->ev.sock_id = io.sk;
+	if (st->proto == PROTO_UNKNOWN) {
+		/* The first bytes on a fresh connection decide: HTTP/1.x request or something else. */
+		if (!method) {
+			st->proto = PROTO_OTHER;
+			return 0;
+		}
+		st->proto = PROTO_HTTP;
+	}
+	if (!st->addr_known)
+		read_addresses(st, io.sk);
+
+	u8 req_dir = st->role == OTELBPF_ROLE_SERVER ? DIR_IN : DIR_OUT;
+	if (io.dir == req_dir) {
+		on_request_data(st, &io, addr, seglen, ret, now, (u32)id, method);
+	} else {
+		st->last_resp_ns = now;
+		on_response_data(st, &io, addr, seglen, ret, now);
+	}
+	if (st->check_pipeline) {
+		u32 zero = 0;
+		struct scratch *s = scratch_map.lookup(&zero);
+		if (s) {
+			s->key = key;
+			progs.call(ctx, 1);
+		}
+		st->check_pipeline = 0;
+	}
+	return 0;
+}
+
+/* After a response completed: start the next pipelined request if one is captured (tail-called). */
+int check_pipeline(void *ctx)
+{
+	u32 zero = 0;
+	struct scratch *s = scratch_map.lookup(&zero);
+	if (!s)
+		return 0;
+	struct conn_key key = s->key;
+	struct conn_state *st = conns.lookup(&key);
+	if (!st || !st->check_pipeline)
+		return 0;
+	st->check_pipeline = 0;
+	after_response(st, bpf_ktime_get_ns());
+	return 0;
+}
+
+#define IO_PROBES(name, dir, fdexpr, bufexpr, cntexpr)                                            \
+	TRACEPOINT_PROBE(syscalls, sys_enter_##name)                                               \
+	{                                                                                          \
+		return save_io(fdexpr, (u64)(bufexpr), cntexpr, dir);                               \
+	}                                                                                          \
+	TRACEPOINT_PROBE(syscalls, sys_exit_##name)                                                \
+	{                                                                                          \
+		return handle_io_exit(args, args->ret);                                                   \
+	}
+
+IO_PROBES(read, DIR_IN, args->fd, args->buf, 0)
+IO_PROBES(recvfrom, DIR_IN, args->fd, args->ubuf, 0)
+IO_PROBES(readv, DIR_IN, args->fd, args->vec, args->vlen)
+IO_PROBES(write, DIR_OUT, args->fd, args->buf, 0)
+IO_PROBES(sendto, DIR_OUT, args->fd, args->buff, 0)
+IO_PROBES(writev, DIR_OUT, args->fd, args->vec, args->vlen)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
+{
+	return save_msg(args->fd, (u64)args->msg, DIR_IN);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
+{
+	return handle_io_exit(args, args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+	return save_msg(args->fd, (u64)args->msg, DIR_OUT);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
+{
+	return handle_io_exit(args, args->ret);
+}
+
+/* ---- connection lifecycle ---- */
+
+static __always_inline int save_sock_call(u32 fd)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!traced(id >> 32))
+		return 0;
+	active_sock_call.update(&id, &fd);
+	return 0;
+}
+
+static __always_inline int new_conn_on_exit(long ret, u8 role, int connect)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 *fdp = active_sock_call.lookup(&id);
+	if (!fdp)
+		return 0;
+	u32 fd = *fdp;
+	active_sock_call.delete(&id);
+	/* A non-blocking connect returns -EINPROGRESS and completes later. */
+	if (connect ? (ret != 0 && ret != -115) : ret < 0)
+		return 0;
+	struct conn_key key = {.tgid = id >> 32, .fd = connect ? fd : (u32)ret};
+	struct conn_state *old = conns.lookup(&key);
+	if (old)
+		on_conn_end(old, bpf_ktime_get_ns());
+	new_conn(&key, role, PROTO_UNKNOWN);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+{
+	return save_sock_call(args->fd);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+	return new_conn_on_exit(args->ret, OTELBPF_ROLE_SERVER, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+{
+	return save_sock_call(args->fd);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+	return new_conn_on_exit(args->ret, OTELBPF_ROLE_SERVER, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+	return save_sock_call(args->fd);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+	return new_conn_on_exit(args->ret, OTELBPF_ROLE_CLIENT, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct conn_key key = {.tgid = id >> 32, .fd = args->fd};
+	struct conn_state *st = conns.lookup(&key);
+	if (!st)
+		return 0;
+	on_conn_end(st, bpf_ktime_get_ns());
+	conns.delete(&key);
+	return 0;
+}

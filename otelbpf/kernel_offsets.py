@@ -1,0 +1,47 @@
+"""Kernel struct offsets that otelbpf's BPF programs need, taken from the running kernel's BTF.
+
+The installed kernel headers may belong to another kernel version than the one running, so the BPF
+C code reads socket fields at offsets passed in as ``-DOFF_...`` macros instead of trusting the
+headers' struct layouts.
+"""
+
+from __future__ import annotations
+
+from otelbpf.btf import DEFAULT_VMLINUX_BTF, Btf, BtfError
+
+# Macro name -> (path from struct sock, byte size the BPF code reads). The sizes are checked too: a
+# kernel that widened a field would otherwise make the BPF program silently read garbage.
+SOCKET_FIELDS: dict[str, tuple[str, int]] = {
+    "OFF_SKC_DADDR": ("__sk_common.skc_daddr", 4),
+    "OFF_SKC_RCV_SADDR": ("__sk_common.skc_rcv_saddr", 4),
+    "OFF_SKC_DPORT": ("__sk_common.skc_dport", 2),
+    "OFF_SKC_NUM": ("__sk_common.skc_num", 2),
+    "OFF_SKC_FAMILY": ("__sk_common.skc_family", 2),
+    "OFF_SKC_V6_DADDR": ("__sk_common.skc_v6_daddr", 16),
+    "OFF_SKC_V6_RCV_SADDR": ("__sk_common.skc_v6_rcv_saddr", 16),
+}
+
+
+def socket_offsets(btf: Btf | None = None) -> dict[str, int]:
+    """Byte offsets of the sock_common address fields from the start of ``struct sock``, by macro name."""
+    if btf is None:
+        btf = Btf.load(DEFAULT_VMLINUX_BTF)
+    # The paths go through sock.__sk_common, so its own offset (0 on every kernel so far) is included
+    # rather than assumed; check it really is a struct sock_common so the field names mean what we think.
+    common_type = btf.resolve(btf.member_type("sock", "__sk_common"))
+    if btf.type_name(common_type) != "sock_common":
+        raise BtfError(
+            f"struct sock.__sk_common has type {btf.type_name(common_type)!r}, expected 'sock_common'"
+        )
+    offsets: dict[str, int] = {}
+    for macro, (path, size) in SOCKET_FIELDS.items():
+        actual = btf.member_size("sock", path)
+        if actual != size:
+            raise BtfError(f"struct sock.{path} is {actual} bytes, otelbpf expects {size}")
+        offsets[macro] = btf.member_offset("sock", path)
+    return offsets
+
+
+def as_cflags(offsets: dict[str, int]) -> list[str]:
+    """Turn ``{"OFF_X": 4}`` into compiler flags like ``["-DOFF_X=4"]``."""
+    return [f"-D{name}={value}" for name, value in offsets.items()]

@@ -1,0 +1,183 @@
+"""Compile, load and attach the kernel programs; the only module that imports bcc.
+
+Everything else sees plain Python: a ring-buffer file descriptor, counters as a dict, and methods
+to choose which processes are traced. bcc objects never leave this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otelbpf.events import STAT_NAMES
+
+logger = logging.getLogger(__name__)
+
+# Debian's python3-bpfcc installs here; it is pure Python over libbcc.so and imports into any
+# CPython 3, so a virtualenv can use it without pulling in the rest of dist-packages.
+_SYSTEM_BCC = Path("/usr/lib/python3/dist-packages/bcc")
+
+
+class ProbeError(RuntimeError):
+    """The kernel programs could not be compiled, loaded or attached."""
+
+
+def bpf_source_dir() -> Path:
+    """Where the ``.bpf.c`` files live (``OTELBPF_BPF_DIR`` overrides)."""
+    env = os.environ.get("OTELBPF_BPF_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "bpf"
+
+
+def import_bcc() -> Any:
+    """Import bcc, falling back to the distribution's copy outside the active environment."""
+    try:
+        import bcc  # type: ignore[import-not-found]
+
+        return bcc
+    except ImportError:
+        pass
+    init = _SYSTEM_BCC / "__init__.py"
+    if not init.exists():
+        raise ProbeError("bcc is not installed: install the distribution's python3-bpfcc (make setup)")
+    spec = importlib.util.spec_from_file_location("bcc", init, submodule_search_locations=[str(_SYSTEM_BCC)])
+    if spec is None or spec.loader is None:
+        raise ProbeError(f"cannot load bcc from {_SYSTEM_BCC}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bcc"] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # libbcc.so missing or incompatible
+        del sys.modules["bcc"]
+        raise ProbeError(f"bcc failed to import: {exc}") from exc
+    return module
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Kernel-side tunables, passed to the compiler as -D flags."""
+
+    capture_bytes: int = 512
+    max_connections: int = 65536
+    ringbuf_pages: int = 1024
+    max_events_per_second: int = 0  # 0: no in-kernel rate limit
+    wakeup_every: int = 64  # records per CPU between consumer wakeups
+
+    def cflags(self) -> list[str]:
+        """The -D flags for these settings."""
+        if self.capture_bytes < 64 or self.capture_bytes & (self.capture_bytes - 1):
+            raise ValueError(f"capture bytes must be a power of two >= 64, got {self.capture_bytes}")
+        if self.ringbuf_pages < 1 or self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise ValueError(f"ring buffer pages must be a power of two, got {self.ringbuf_pages}")
+        ncpu = os.cpu_count() or 1
+        # The limit is enforced per CPU per 100 ms window, so spread the global rate over both.
+        per_window = 0
+        if self.max_events_per_second > 0:
+            per_window = max(1, -(-self.max_events_per_second // (10 * ncpu)))
+        return [
+            f"-DOTELBPF_CAPTURE_BYTES={self.capture_bytes}",
+            f"-DMAX_CONNECTIONS={self.max_connections}",
+            f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DMAX_EVENTS_PER_WINDOW={per_window}",
+            f"-DWAKEUP_EVERY={self.wakeup_every}",
+        ]
+
+
+def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]:
+    """All compiler flags: include path, tunables and kernel struct offsets."""
+    flags = [f"-I{bpf_source_dir() / 'include'}", *settings.cflags()]
+    flags += [f"-D{name}={value}" for name, value in sorted(offsets.items())]
+    # The distribution's headers may be older than the kernel; silence their noise, not ours.
+    flags += ["-Wno-macro-redefined", "-Wno-unknown-warning-option"]
+    return flags
+
+
+class SocketProbes:
+    """The socket tracer (bpf/sockets.bpf.c): loaded and attached on construction."""
+
+    SOURCE = "sockets.bpf.c"
+    # Index in the `progs` array -> program: the per-syscall hooks tail-call these.
+    TAIL_CALLS = ("process_io", "check_pipeline")
+
+    def __init__(self, settings: ProbeSettings, offsets: dict[str, int]) -> None:
+        bcc = import_bcc()
+        self.settings = settings
+        src = bpf_source_dir() / self.SOURCE
+        if not src.exists():
+            raise ProbeError(f"BPF source not found: {src}")
+        try:
+            # TRACEPOINT_PROBE functions attach as the object loads. Nothing is traced until
+            # configure() runs, because the default config traces no process.
+            self._bpf = bcc.BPF(src_file=str(src).encode(), cflags=render_cflags(settings, offsets))
+        except Exception as exc:
+            raise ProbeError(f"failed to compile or attach {src.name}: {exc}") from exc
+        try:
+            # The sys_exit programs tail-call this one; until it is in place they drop nothing
+            # traced, because no process is traced before configure().
+            progs = self._bpf["progs"]
+            for index, name in enumerate(self.TAIL_CALLS):
+                fn = self._bpf.load_func(name.encode(), bcc.BPF.TRACEPOINT)
+                progs[progs.Key(index)] = progs.Leaf(fn.fd)
+        except Exception as exc:
+            raise ProbeError(f"failed to load the tail-called programs: {exc}") from exc
+        self._events = self._bpf["events"]
+        self._stats = self._bpf["stats"]
+        self._targets = self._bpf["targets"]
+        self._comms = self._bpf["target_comms"]
+        self._config = self._bpf["config_map"]
+
+    @property
+    def ring_fd(self) -> int:
+        """File descriptor of the ring buffer carrying finished requests."""
+        return int(self._events.map_fd)
+
+    @property
+    def ring_size(self) -> int:
+        """Data size of the ring buffer in bytes."""
+        import mmap
+
+        return self.settings.ringbuf_pages * mmap.PAGESIZE
+
+    def configure(self, self_tgid: int, trace_all: bool) -> None:
+        """Set who is never traced (otelbpf itself) and whether every process is traced."""
+        leaf = self._config.Leaf()
+        leaf.self_tgid = self_tgid
+        leaf.trace_all = 1 if trace_all else 0
+        self._config[self._config.Key(0)] = leaf
+
+    def add_targets(self, pids: set[int] | list[int]) -> None:
+        """Trace these processes (children forked later are added in the kernel)."""
+        for pid in pids:
+            self._targets[self._targets.Key(pid)] = self._targets.Leaf(1)
+
+    def add_target_comms(self, names: list[str]) -> None:
+        """Trace processes that exec a program with one of these names from now on."""
+        for name in names:
+            key = self._comms.Key()
+            # The kernel keeps 15 characters of a program's name as its comm.
+            key.comm = name.encode()[:15]
+            self._comms[key] = self._comms.Leaf(1)
+
+    def target_count(self) -> int:
+        """Number of entries in the kernel's target table."""
+        return len(self._targets)
+
+    def read_stats(self) -> dict[str, int]:
+        """Kernel counters summed over CPUs, by name."""
+        out: dict[str, int] = {}
+        for idx, name in STAT_NAMES.items():
+            values = self._stats[self._stats.Key(idx)]
+            out[name] = int(sum(values))
+        return out
+
+    def close(self) -> None:
+        """Detach and unload everything."""
+        bpf, self._bpf = getattr(self, "_bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
