@@ -101,8 +101,26 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
     """Decode one record; raise DecodeError for anything that breaks the contract."""
     if len(raw) < HTTP_HEADER.size:
         raise DecodeError(f"record of {len(raw)} bytes is shorter than the {HTTP_HEADER.size}-byte header")
-    (etype, role, flags, status, req_offset, pid, tid, req_len, start_ns, end_ns, bytes_in, bytes_out,
-     sock_id, local_addr, peer_addr, local_port, peer_port, family) = HTTP_HEADER.unpack_from(raw)
+    (
+        etype,
+        role,
+        flags,
+        status,
+        req_offset,
+        pid,
+        tid,
+        req_len,
+        start_ns,
+        end_ns,
+        bytes_in,
+        bytes_out,
+        sock_id,
+        local_addr,
+        peer_addr,
+        local_port,
+        peer_port,
+        family,
+    ) = HTTP_HEADER.unpack_from(raw)
     if etype != EVENT_HTTP:
         raise DecodeError(f"unknown event type {etype}")
     if role not in (ROLE_SERVER, ROLE_CLIENT):
@@ -113,8 +131,21 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         raise DecodeError(f"end {end_ns} before start {start_ns}")
     base = HTTP_HEADER.size
     return HttpEvent(
-        role=role, flags=flags, status=status, req_offset=req_offset, pid=pid, tid=tid,
-        start_ns=start_ns, end_ns=end_ns, bytes_in=bytes_in, bytes_out=bytes_out, sock_id=sock_id,
-        family=family, local_addr=local_addr, peer_addr=peer_addr, local_port=local_port,
-        peer_port=peer_port, req=bytes(raw[base : base + req_len]),
+        role=role,
+        flags=flags,
+        status=status,
+        req_offset=req_offset,
+        pid=pid,
+        tid=tid,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        sock_id=sock_id,
+        family=family,
+        local_addr=local_addr,
+        peer_addr=peer_addr,
+        local_port=local_port,
+        peer_port=peer_port,
+        req=bytes(raw[base : base + req_len]),
     )

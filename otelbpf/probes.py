@@ -23,6 +23,32 @@ logger = logging.getLogger(__name__)
 _SYSTEM_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 
 
+# Every tracepoint bpf/sockets.bpf.c attaches to, checked before compiling so a kernel that lacks
+# one gets a clear message rather than a bcc traceback.
+_IO_SYSCALLS = (
+    "read",
+    "readv",
+    "recvfrom",
+    "recvmsg",
+    "write",
+    "writev",
+    "sendto",
+    "sendmsg",
+    "accept",
+    "accept4",
+    "connect",
+)
+TRACEPOINTS: list[str] = [
+    *(f"syscalls:sys_{edge}_{name}" for name in _IO_SYSCALLS for edge in ("enter", "exit")),
+    "syscalls:sys_enter_close",
+    "sock:sock_recv_length",
+    "sock:sock_send_length",
+    "sched:sched_process_exec",
+    "sched:sched_process_fork",
+    "sched:sched_process_exit",
+]
+
+
 class ProbeError(RuntimeError):
     """The kernel programs could not be compiled, loaded or attached."""
 

@@ -1,0 +1,189 @@
+"""Command line: ``otelbpf run``.
+
+Traces unmodified processes from the kernel and exports their HTTP requests as OpenTelemetry spans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+
+from otelbpf import __version__
+
+logger = logging.getLogger("otelbpf")
+
+EXAMPLES = """examples:
+  otelbpf run                                  # trace every process, print traces in the terminal
+  otelbpf run --pid 1234 --pid 5678            # only these processes (and their children)
+  otelbpf run --exe nginx                      # nginx, running now or started later
+  otelbpf run --port 8080 --duration 60        # whatever listens on :8080, for a minute
+  otelbpf run --otlp-endpoint http://localhost:4317                       # OTLP/gRPC
+  otelbpf run --otlp-endpoint http://localhost:4318 --otlp-protocol http/protobuf
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://tempo:4317 otelbpf run --exe python3
+"""
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"otelbpf: error: {name}={value!r} is not an integer") from None
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; defaults come from the environment where one applies."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="otelbpf", description=__doc__.splitlines()[2])
+    parser.add_argument("--version", action="version", version=f"otelbpf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="trace processes and export spans",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sel = run.add_argument_group("what to trace (none given: every process)")
+    sel.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PID",
+        help="trace this process and its children (repeatable)",
+    )
+    sel.add_argument(
+        "--exe",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="trace processes running this program, now or started later (repeatable)",
+    )
+    sel.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="trace processes listening on this TCP port (repeatable)",
+    )
+    out = run.add_argument_group("export (no endpoint: traces are printed in the terminal)")
+    out.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP endpoint (env OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+    out.add_argument(
+        "--otlp-protocol",
+        choices=["grpc", "http/protobuf"],
+        help="OTLP protocol (env OTEL_EXPORTER_OTLP_PROTOCOL; default grpc)",
+    )
+    out.add_argument(
+        "--otlp-headers",
+        metavar="K=V,...",
+        help="headers sent with each export (env OTEL_EXPORTER_OTLP_HEADERS)",
+    )
+    out.add_argument(
+        "--service-name", metavar="NAME", help="override service.name for every span (env OTEL_SERVICE_NAME)"
+    )
+    out.add_argument(
+        "--capture-query",
+        action="store_true",
+        default=env.get("OTELBPF_CAPTURE_QUERY", "").lower() in ("1", "true", "yes"),
+        help="export url.query (off by default: query strings often carry secrets)",
+    )
+    out.add_argument(
+        "--queue-size",
+        type=int,
+        default=None,
+        help="spans held while the backend is slow (env OTEL_BSP_MAX_QUEUE_SIZE; default 20000)",
+    )
+    out.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="spans per export request (env OTEL_BSP_MAX_EXPORT_BATCH_SIZE; default 512)",
+    )
+    out.add_argument("--no-color", action="store_true", help="plain terminal output")
+    tune = run.add_argument_group("limits")
+    tune.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop after this long (default: until SIGINT/SIGTERM)",
+    )
+    tune.add_argument(
+        "--max-spans-per-second",
+        type=int,
+        default=_env_int(env, "OTELBPF_MAX_SPANS_PER_SECOND", 20000),
+        help="shed requests beyond this rate in the kernel, counted "
+        "(env OTELBPF_MAX_SPANS_PER_SECOND; 0: no limit; default 20000)",
+    )
+    tune.add_argument(
+        "--capture-bytes",
+        type=int,
+        default=_env_int(env, "OTELBPF_CAPTURE_BYTES", 512),
+        help="request head bytes kept per request, a power of two (default 512)",
+    )
+    tune.add_argument(
+        "--ring-buffer-pages",
+        type=int,
+        default=_env_int(env, "OTELBPF_RING_BUFFER_PAGES", 1024),
+        help="kernel ring buffer size in pages, a power of two (default 1024 = 4 MiB)",
+    )
+    tune.add_argument(
+        "--max-connections",
+        type=int,
+        default=_env_int(env, "OTELBPF_MAX_CONNECTIONS", 65536),
+        help="connections tracked at once in the kernel (default 65536)",
+    )
+    tune.add_argument(
+        "--nice",
+        type=int,
+        default=_env_int(env, "OTELBPF_NICE", 10),
+        help="scheduling niceness of the collector, so it yields CPU to the traced apps (default 10)",
+    )
+    run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C and flags, exit
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``otelbpf`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="otelbpf: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from otelbpf.runner import RunError, run
+
+    try:
+        return run(args, os.environ)
+    except RunError as exc:
+        print(f"otelbpf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM ask the run loop to flush and stop."""
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The run loop: ring buffer -> decode -> spans -> export queue, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from otelbpf.correlate import SpanBuilder
+from otelbpf.events import DecodeError, decode
+from otelbpf.export import BatchQueue
+from otelbpf.ringbuf import RingBufferReader
+
+logger = logging.getLogger(__name__)
+
+
+class KernelSource(Protocol):
+    """What the loop needs from the probes (kept abstract so bcc stays in probes.py)."""
+
+    def read_stats(self) -> dict[str, int]: ...
+
+
+@dataclass
+class Summary:
+    """Everything the user is told at exit: what was seen, what was exported, what was lost and why."""
+
+    requests_seen: int = 0
+    spans_built: int = 0
+    spans_exported: int = 0
+    destination: str = ""
+    lost: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def lost_total(self) -> int:
+        """All events lost, whatever the reason."""
+        return sum(self.lost.values())
+
+    def format(self) -> str:
+        """Multi-line text for stderr."""
+        lines = [
+            "otelbpf summary:",
+            f"  requests seen:   {self.requests_seen}",
+            f"  spans exported:  {self.spans_exported} ({self.destination})",
+            f"  events lost:     {self.lost_total}",
+        ]
+        for reason, n in self.lost.items():
+            lines.append(f"    {reason + ':':<46}{n}")
+        for what, n in self.notes.items():
+            if n:
+                lines.append(f"  {what + ':':<48}{n}")
+        return "\n".join(lines)
+
+
+# Why an event can be lost, in the words the summary uses.
+LOSS_REASONS = {
+    "lost_ringbuf_full": "ring buffer full (collector too slow)",
+    "sampled_out": "shed by rate limit (--max-spans-per-second)",
+    "queue_full": "export queue full",
+    "export_failed": "export failed after retries",
+    "shutdown": "unexported at shutdown",
+    "malformed": "malformed kernel records",
+}
+
+
+class Collector:
+    """Drains the kernel ring buffer in batches and feeds spans to the export queue."""
+
+    def __init__(
+        self,
+        source: KernelSource,
+        reader: RingBufferReader,
+        builder: SpanBuilder,
+        queue: BatchQueue,
+        capture_bytes: int,
+        poll_interval_s: float = 0.1,
+        max_batch: int = 8192,
+        maintenance: Callable[[], None] | None = None,
+        maintenance_interval_s: float = 5.0,
+    ) -> None:
+        self._source = source
+        self._reader = reader
+        self._builder = builder
+        self._queue = queue
+        self._capture = capture_bytes
+        self._poll_s = poll_interval_s
+        self._max_batch = max_batch
+        self._maintenance = maintenance
+        self._maintenance_s = maintenance_interval_s
+        self.spans_built = 0
+        self.malformed = 0
+        self.build_errors = 0
+
+    def process_once(self) -> int:
+        """Handle whatever the kernel has written; return the number of records taken."""
+        records = self._reader.drain(self._max_batch)
+        if not records:
+            return 0
+        spans = []
+        build = self._builder.build
+        for raw in records:
+            try:
+                ev = decode(raw, self._capture)
+            except DecodeError as exc:
+                self.malformed += 1
+                if self.malformed == 1 or self.malformed % 1000 == 0:
+                    logger.warning("malformed kernel record (%d so far): %s", self.malformed, exc)
+                continue
+            try:
+                spans.append(build(ev))
+            except Exception:  # a bug here must cost one span, not the collector
+                self.build_errors += 1
+                self.malformed += 1
+                if self.build_errors == 1:
+                    logger.exception("failed to build a span from a kernel record")
+        if spans:
+            self.spans_built += len(spans)
+            self._queue.submit(spans)
+        return len(records)
+
+    def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
+        """Loop until ``stop`` is set or the duration passes, then drain what is left."""
+        deadline = None if not duration_s else time.monotonic() + duration_s
+        next_maintenance = time.monotonic() + self._maintenance_s
+        while not stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = self._poll_s if deadline is None else max(0.0, min(self._poll_s, deadline - now))
+            self._reader.wait(wait)
+            while self.process_once() >= self._max_batch:
+                pass  # keep up with a burst before sleeping again
+            if self._maintenance and now >= next_maintenance:
+                next_maintenance = now + self._maintenance_s
+                try:
+                    self._maintenance()
+                except Exception:
+                    logger.exception("periodic maintenance failed")
+        # Requests that finished just before the stop are still in the ring: take them all.
+        while self.process_once():
+            pass
+
+    def summary(self, destination: str) -> Summary:
+        """Counters from the kernel, the builder and the queue, put together."""
+        kernel = self._source.read_stats()
+        qstats = self._queue.stats()
+        lost = {
+            LOSS_REASONS["lost_ringbuf_full"]: kernel.get("lost_ringbuf_full", 0),
+            LOSS_REASONS["sampled_out"]: kernel.get("sampled_out", 0),
+            LOSS_REASONS["queue_full"]: qstats.dropped.get("queue_full", 0),
+            LOSS_REASONS["export_failed"]: qstats.dropped.get("export_failed", 0),
+            LOSS_REASONS["shutdown"]: qstats.dropped.get("shutdown", 0),
+            LOSS_REASONS["malformed"]: self.malformed,
+        }
+        finished = kernel.get("events", 0) + kernel.get("lost_ringbuf_full", 0) + kernel.get("sampled_out", 0)
+        notes = {
+            "requests unfinished at exit": max(0, kernel.get("requests", 0) - finished),
+            "responses with no tracked request": kernel.get("orphan_responses", 0),
+            "requests with unparsable heads": self._builder.stats.unparsed_requests,
+            "user-memory read faults": kernel.get("read_faults", 0),
+            "processes not added (target table full)": kernel.get("targets_full", 0),
+        }
+        return Summary(
+            requests_seen=kernel.get("requests", 0),
+            spans_built=self.spans_built,
+            spans_exported=qstats.exported,
+            destination=destination,
+            lost=lost,
+            notes=notes,
+        )

@@ -1,0 +1,769 @@
+"""OTLP export: span encoding, gRPC/HTTP exporters, endpoint settings and the batching export queue.
+
+This is the only module that knows OTLP/OpenTelemetry types; everything upstream works with
+``otelbpf.spans``. Encoding builds protobuf messages directly because the OTel SDK's span objects
+cost ~25 µs each, about four times the whole direct-protobuf path.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import http.client
+import logging
+import random
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
+
+from otelbpf import __version__
+from otelbpf.spans import AttributeValue, Resource, Span, StatusCode
+
+logger = logging.getLogger(__name__)
+
+SCOPE_NAME = "otelbpf"
+GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_USER_AGENT = f"otelbpf/{__version__}"
+
+# --------------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------------
+
+# Attribute (key, value) pairs repeat heavily (method, status code, server.address ...). Reusing a
+# prebuilt KeyValue is ~2x faster than constructing one; the cache is cleared when full so one-off
+# values (URL paths with ids) cannot grow it without bound. Dict operations are atomic under the GIL,
+# so concurrent encoders at worst rebuild an entry.
+_KV_CACHE_MAX = 4096
+_kv_cache: dict[tuple[Any, ...], KeyValue] = {}
+_RESOURCE_CACHE_MAX = 256
+_resource_cache: dict[tuple[Any, ...], PbResource] = {}
+
+
+def _any_value(value: AttributeValue) -> AnyValue:
+    """Map one Python attribute value to an OTLP AnyValue."""
+    t = type(value)
+    if t is str:
+        return AnyValue(string_value=value)
+    # bool before int: bool is an int subclass and must stay a bool on the wire.
+    if t is bool:
+        return AnyValue(bool_value=value)
+    if t is int:
+        return AnyValue(int_value=value)
+    if t is float:
+        return AnyValue(double_value=value)
+    # Subclasses (IntEnum, str enums) and anything unexpected: same order, then fall back to text.
+    if isinstance(value, bool):
+        return AnyValue(bool_value=bool(value))
+    if isinstance(value, int):
+        return AnyValue(int_value=int(value))
+    if isinstance(value, float):
+        return AnyValue(double_value=float(value))
+    return AnyValue(string_value=str(value))
+
+
+def _key_values(items: Any) -> list[KeyValue]:
+    """Convert (key, value) pairs to KeyValue messages, reusing cached ones."""
+    cache = _kv_cache
+    out = []
+    for k, v in items:
+        t = type(v)
+        if t is float:
+            # Floats are rarely repeated, and -0.0 == 0.0 would alias in the cache.
+            out.append(KeyValue(key=k, value=AnyValue(double_value=v)))
+            continue
+        # True == 1 (same hash), so non-strings carry their type in the key; a str never equals a number.
+        key = (k, v) if t is str else (k, v, t)
+        kv = cache.get(key)
+        if kv is None:
+            kv = KeyValue(key=k, value=_any_value(v))
+            if len(cache) >= _KV_CACHE_MAX:
+                cache.clear()
+            cache[key] = kv
+        out.append(kv)
+    return out
+
+
+def _pb_resource(resource: Resource) -> PbResource:
+    """Return the (cached) protobuf form of a Resource."""
+    # Typed key for the same reason as in _key_values: Resource(("a", True)) == Resource(("a", 1)).
+    key = (resource, tuple(type(v) for _, v in resource.attributes))
+    pb = _resource_cache.get(key)
+    if pb is None:
+        pb = PbResource(attributes=_key_values(resource.attributes))
+        if len(_resource_cache) >= _RESOURCE_CACHE_MAX:
+            _resource_cache.clear()
+        _resource_cache[key] = pb
+    return pb
+
+
+def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServiceRequest:
+    """Build an ExportTraceServiceRequest: one ResourceSpans per distinct Resource, one scope each."""
+    by_resource: dict[Resource, list[Span]] = {}
+    for span in spans:
+        group = by_resource.get(span.resource)
+        if group is None:
+            by_resource[span.resource] = [span]
+        else:
+            group.append(span)
+
+    request = ExportTraceServiceRequest()
+    scope = InstrumentationScope(name=SCOPE_NAME, version=scope_version)
+    unset = StatusCode.UNSET
+    for resource, group in by_resource.items():
+        rs = request.resource_spans.add(resource=_pb_resource(resource))
+        # repeated.add(**kwargs) avoids building a temporary Span and copying it in.
+        add = rs.scope_spans.add(scope=scope).spans.add
+        for s in group:
+            pb = add(
+                trace_id=s.trace_id,
+                span_id=s.span_id,
+                parent_span_id=s.parent_span_id or b"",
+                name=s.name,
+                kind=s.kind,
+                start_time_unix_nano=s.start_ns,
+                end_time_unix_nano=s.end_ns,
+                trace_state=s.trace_state,
+                attributes=_key_values(s.attributes.items()),
+            )
+            if s.status != unset or s.status_message:
+                status = pb.status
+                status.code = s.status
+                status.message = s.status_message
+    return request
+
+
+def encode_spans(spans: Sequence[Span], scope_version: str) -> bytes:
+    """Serialize spans as an OTLP ExportTraceServiceRequest."""
+    return encode_request(spans, scope_version).SerializeToString()
+
+
+# --------------------------------------------------------------------------------------------------
+# Exporters
+# --------------------------------------------------------------------------------------------------
+
+
+class _RateLimitedLog:
+    """Logs the first warning at once, then at most one per interval, counting what it held back."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._interval_s = interval_s
+        self._last: float | None = None
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < self._interval_s:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        if suppressed:
+            logger.warning(msg + " (%d similar warnings suppressed)", *args, suppressed)
+        else:
+            logger.warning(msg, *args)
+
+
+class ExportError(Exception):
+    """An export attempt failed; ``retryable`` says whether the same payload may succeed later."""
+
+    def __init__(self, retryable: bool, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class Exporter(Protocol):
+    """Sends one encoded ExportTraceServiceRequest; raises ExportError on failure."""
+
+    def export(self, payload: bytes, span_count: int) -> None: ...
+
+
+_partial_log = _RateLimitedLog()
+
+
+def _log_partial_success(response: ExportTraceServiceResponse, span_count: int) -> None:
+    """Warn (rate-limited) about spans the backend took the request for but rejected."""
+    ps = response.partial_success
+    if ps.rejected_spans or ps.error_message:
+        _partial_log.warn(
+            "OTLP backend rejected %d of %d spans: %s", ps.rejected_spans, span_count, ps.error_message
+        )
+
+
+class GrpcExporter:
+    """OTLP/gRPC exporter; ``http://`` or bare ``host:port`` is plaintext, ``https://`` uses TLS."""
+
+    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, timeout_s: float = 10.0):
+        import grpc  # imported lazily: ~70 ms, and not needed by console or HTTP users
+
+        url = endpoint if "://" in endpoint else "http://" + endpoint
+        parts = _split_url(url, "gRPC endpoint")
+        target = f"{_url_host(parts)}:{parts.port or 4317}"
+        if parts.scheme == "https":
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        else:
+            self._channel = grpc.insecure_channel(target)
+        # request_serializer=None passes our already-encoded bytes through untouched.
+        self._call = self._channel.unary_unary(
+            GRPC_METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
+        )
+        # gRPC metadata keys must be lowercase.
+        self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
+        self._timeout_s = timeout_s
+        self._grpc = grpc
+        c = grpc.StatusCode
+        # Retryable codes per the OTLP specification.
+        self._retryable = {
+            c.UNAVAILABLE, c.DEADLINE_EXCEEDED, c.RESOURCE_EXHAUSTED, c.ABORTED,
+            c.CANCELLED, c.OUT_OF_RANGE, c.DATA_LOSS,
+        }  # fmt: skip
+        self.target = target
+
+    def export(self, payload: bytes, span_count: int) -> None:
+        """Send one request; raise ExportError on failure."""
+        try:
+            response = self._call(payload, timeout=self._timeout_s, metadata=self._metadata)
+        except self._grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            details = e.details() if hasattr(e, "details") else str(e)
+            name = code.name if code is not None else "UNKNOWN"
+            raise ExportError(code in self._retryable, f"gRPC {name}: {details}") from None
+        _log_partial_success(response, span_count)
+
+    def close(self) -> None:
+        """Close the channel (cancels an in-flight call)."""
+        self._channel.close()
+
+
+class HttpExporter:
+    """OTLP/HTTP protobuf exporter over one persistent http.client connection."""
+
+    _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+
+    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, timeout_s: float = 10.0):
+        parts = _split_url(endpoint, "HTTP endpoint")
+        self.url = endpoint
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._timeout_s = timeout_s
+        self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": _USER_AGENT}
+        self._headers.update(headers or {})
+        self._conn: http.client.HTTPConnection | None = None
+        self._ssl = ssl.create_default_context() if self._https else None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout_s, context=self._ssl
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+
+    def export(self, payload: bytes, span_count: int) -> None:
+        """POST one request; raise ExportError on failure."""
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            conn = self._conn or self._connect()
+            self._conn = conn
+            try:
+                conn.request("POST", self._path, body=payload, headers=self._headers)
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                # A kept-alive connection the server already closed fails on first use: retry once on
+                # a fresh connection instead of burning a backoff round.
+                if reused and attempt == 0 and isinstance(e, ConnectionError | http.client.BadStatusLine):
+                    continue
+                raise ExportError(True, f"POST {self.url}: {type(e).__name__}: {e}") from None
+            break
+        if resp.will_close:
+            self.close()
+        status = resp.status
+        if 200 <= status < 300:
+            if body and "protobuf" in (resp.getheader("Content-Type") or ""):
+                try:
+                    _log_partial_success(ExportTraceServiceResponse.FromString(body), span_count)
+                except Exception:  # a malformed success body must not turn success into failure
+                    logger.debug("undecodable OTLP/HTTP response body (%d bytes)", len(body))
+            return
+        detail = f"HTTP {status} {resp.reason} from {self.url}"
+        if body and "text" in (resp.getheader("Content-Type") or ""):
+            detail += ": " + body[:200].decode("utf-8", "replace").strip()
+        if status in self._RETRYABLE_STATUS:
+            raise ExportError(True, detail, _parse_retry_after(resp.getheader("Retry-After")))
+        raise ExportError(False, detail)
+
+    def close(self) -> None:
+        """Drop the connection; the next export reconnects."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Parse Retry-After (delta-seconds or HTTP-date) into seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings (OTLP exporter environment variables)
+# --------------------------------------------------------------------------------------------------
+
+PROTOCOLS = ("grpc", "http/protobuf")
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    """Resolved exporter settings; ``endpoint`` is ``scheme://host:port`` (gRPC) or the full traces URL."""
+
+    endpoint: str
+    protocol: str
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 10.0
+
+
+def create_exporter(settings: OtlpSettings) -> GrpcExporter | HttpExporter:
+    """Build the exporter the settings describe."""
+    if settings.protocol == "grpc":
+        return GrpcExporter(settings.endpoint, settings.headers, settings.timeout_s)
+    return HttpExporter(settings.endpoint, settings.headers, settings.timeout_s)
+
+
+def _split_url(url: str, what: str) -> urllib.parse.SplitResult:
+    """Split and validate an http(s) URL, raising a one-line ValueError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{what} {url!r}: scheme must be http or https")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{what} {url!r}: invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{what} {url!r}: missing host")
+    return parts
+
+
+def _url_host(parts: urllib.parse.SplitResult) -> str:
+    host = parts.hostname or ""
+    return f"[{host}]" if ":" in host else host
+
+
+def _first(*values: str | None) -> str | None:
+    """First non-empty value; the spec treats empty environment variables as unset."""
+    for v in values:
+        if v is not None and v.strip():
+            return v.strip()
+    return None
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """Parse ``k1=v1,k2=v2`` (W3C-baggage-like, percent-encoded) into a dict."""
+    headers: dict[str, str] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        key = urllib.parse.unquote(key.strip())
+        if not sep or not key:
+            raise ValueError(f"invalid OTLP header entry {entry.strip()!r}: expected key=value")
+        headers[key] = urllib.parse.unquote(value.strip())
+    return headers
+
+
+def _env(env: Mapping[str, str], suffix: str) -> tuple[str | None, str | None]:
+    """The signal-specific then the generic OTEL_EXPORTER_OTLP_<suffix> values, in precedence order."""
+    return env.get(f"OTEL_EXPORTER_OTLP_TRACES_{suffix}"), env.get(f"OTEL_EXPORTER_OTLP_{suffix}")
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "false"):
+        return v == "true"
+    raise ValueError(f"{name}={value!r}: expected true or false")
+
+
+def resolve_otlp_settings(
+    endpoint_flag: str | None,
+    protocol_flag: str | None,
+    headers_flag: str | None,
+    env: Mapping[str, str],
+) -> OtlpSettings | None:
+    """Resolve exporter settings from flags and OTEL_EXPORTER_OTLP_* env; None if no endpoint is set."""
+    protocol = (_first(protocol_flag, *_env(env, "PROTOCOL")) or "grpc").lower()
+    if protocol == "http/json":
+        raise ValueError("OTLP protocol 'http/json' is not supported; use 'grpc' or 'http/protobuf'")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown OTLP protocol {protocol!r}; use 'grpc' or 'http/protobuf'")
+
+    if (raw := _first(endpoint_flag)) is not None:
+        source = "flag"
+    elif (raw := _first(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))) is not None:
+        source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    elif (raw := _first(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))) is not None:
+        source = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    else:
+        return None
+
+    if protocol == "grpc":
+        endpoint = _grpc_endpoint(raw, source, env)
+    else:
+        url = raw if "://" in raw else "http://" + raw
+        parts = _split_url(url, f"OTLP endpoint ({source})")
+        if source == "OTEL_EXPORTER_OTLP_ENDPOINT":
+            # A base URL: the signal path is appended, keeping any base path ("/x/" -> "/x/v1/traces").
+            url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/traces"))
+        elif source == "flag" and parts.path in ("", "/"):
+            url = urllib.parse.urlunsplit(parts._replace(path="/v1/traces"))
+        endpoint = url  # the signal-specific variable (or a flag with a path) is used as is
+
+    headers_text = _first(headers_flag, *_env(env, "HEADERS"))
+    headers = parse_headers(headers_text) if headers_text else {}
+
+    timeout_s = 10.0
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
+        if (value := _first(env.get(name))) is not None:
+            timeout_s = _positive_number(name, value) / 1000.0
+            break
+    return OtlpSettings(endpoint=endpoint, protocol=protocol, headers=headers, timeout_s=timeout_s)
+
+
+def _grpc_endpoint(raw: str, source: str, env: Mapping[str, str]) -> str:
+    """Normalize a gRPC endpoint to ``http(s)://host:port``."""
+    if "://" not in raw:
+        # Spec: OTEL_EXPORTER_OTLP_[TRACES_]INSECURE decides for scheme-less endpoints. We default to
+        # plaintext (the spec says TLS) because a bare host:port is almost always a local collector.
+        value = _first(*_env(env, "INSECURE"))
+        insecure = True if value is None else _parse_bool("OTEL_EXPORTER_OTLP_[TRACES_]INSECURE", value)
+        raw = ("http://" if insecure else "https://") + raw
+    parts = _split_url(raw, f"OTLP gRPC endpoint ({source})")
+    if parts.path not in ("", "/"):
+        logger.warning("ignoring path %r in OTLP gRPC endpoint %s", parts.path, raw)
+    return f"{parts.scheme}://{_url_host(parts)}:{parts.port or 4317}"
+
+
+def _positive_number(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected a number") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{name}={value!r}: must be a positive number")
+    return number
+
+
+def queue_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """ExportQueue kwargs from OTEL_BSP_MAX_QUEUE_SIZE / _MAX_EXPORT_BATCH_SIZE / _SCHEDULE_DELAY (ms)."""
+    kwargs: dict[str, Any] = {}
+    for name, key in (
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_spans"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_batch"),
+    ):
+        if (value := _first(env.get(name))) is not None:
+            number = _positive_number(name, value)
+            if number != int(number):
+                raise ValueError(f"{name}={value!r}: expected an integer")
+            kwargs[key] = int(number)
+    if (value := _first(env.get("OTEL_BSP_SCHEDULE_DELAY"))) is not None:
+        kwargs["schedule_delay_s"] = _positive_number("OTEL_BSP_SCHEDULE_DELAY", value) / 1000.0
+    # Spec: a batch larger than the queue is clamped to the queue size.
+    if "max_batch" in kwargs and kwargs["max_batch"] > kwargs.get("max_queue_spans", 20000):
+        kwargs["max_batch"] = kwargs.get("max_queue_spans", 20000)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------------
+# Queue
+# --------------------------------------------------------------------------------------------------
+
+DROP_REASONS = ("queue_full", "export_failed", "shutdown")
+
+
+@dataclass
+class ExportStats:
+    """Queue counters; ``dropped`` is keyed by reason: queue_full, export_failed, shutdown."""
+
+    exported: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    retries: int = 0
+    last_error: str = ""
+    queued: int = 0  # accepted but not yet settled: the queue plus the in-flight batch
+
+
+class BatchQueue:
+    """Bounded span queue drained in batches by one background thread; subclasses implement ``_send``.
+
+    Memory is bounded by ``max_queue_spans`` queued spans plus the one batch being sent. ``submit``
+    never blocks on the consumer: what does not fit is dropped and counted.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_queue_spans: int = 20000,
+        max_batch: int = 512,
+        schedule_delay_s: float = 0.5,
+        thread_name: str = "otelbpf-export",
+    ) -> None:
+        if max_queue_spans < 1 or max_batch < 1 or not schedule_delay_s > 0:
+            raise ValueError("max_queue_spans and max_batch must be >= 1 and schedule_delay_s > 0")
+        self._max_queue = max_queue_spans
+        self._max_batch = min(max_batch, max_queue_spans)
+        self._delay_s = schedule_delay_s
+        self._queue: collections.deque[Span] = collections.deque()
+        self._cond = threading.Condition()
+        self._stats = ExportStats()
+        # Monotonic span counters: flush() waits until every span accepted before it is settled.
+        self._accepted = 0
+        self._taken = 0
+        self._settled = 0
+        self._flush_target = 0
+        self._inflight: list[Span] | None = None
+        self._stopping = False
+        self._abandoned = False
+        self._abort = threading.Event()  # interrupts retry back-off once the shutdown deadline passes
+        self._drop_log = _RateLimitedLog()
+        self._fail_log = _RateLimitedLog()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self._thread.start()
+
+    # ---- caller side
+
+    def submit(self, spans: Sequence[Span]) -> int:
+        """Queue spans without blocking; return how many were accepted (the rest are counted dropped)."""
+        n = len(spans)
+        if not n:
+            return 0
+        with self._cond:
+            if self._stopping:
+                self._stats.dropped["shutdown"] += n
+                return 0
+            accepted = max(0, min(n, self._max_queue - len(self._queue)))
+            wake = not self._queue or len(self._queue) + accepted >= self._max_batch
+            self._queue.extend(spans if accepted == n else spans[:accepted])
+            self._accepted += accepted
+            rejected = n - accepted
+            if rejected:
+                self._stats.dropped["queue_full"] += rejected
+                total = self._stats.dropped["queue_full"]
+            if accepted and wake:
+                self._cond.notify_all()
+        if rejected:
+            self._drop_log.warn("span queue full (%d spans): %d spans dropped so far", self._max_queue, total)
+        return accepted
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Send everything queued so far; True if it was all settled (exported or dropped) in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._accepted
+            self._flush_target = max(self._flush_target, target)
+            self._cond.notify_all()
+            while self._settled < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Flush, then stop the thread; spans still unsent at the deadline are dropped as "shutdown"."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            with self._cond:
+                self._abandoned = True
+                lost = len(self._queue) + len(self._inflight or ())
+                self._queue.clear()
+                self._inflight = None  # the worker sees this and does not count the batch again
+                self._stats.dropped["shutdown"] += lost
+                self._settled += lost
+                self._cond.notify_all()
+            self._abort.set()
+            if lost:
+                logger.warning("shutdown deadline reached: dropped %d unsent spans", lost)
+        self._close()
+
+    def stats(self) -> ExportStats:
+        """A consistent snapshot of the counters."""
+        with self._cond:
+            s = self._stats
+            return ExportStats(
+                exported=s.exported,
+                dropped=dict(s.dropped),
+                retries=s.retries,
+                last_error=s.last_error,
+                queued=len(self._queue) + len(self._inflight or ()),
+            )
+
+    # ---- worker side
+
+    def _send(self, batch: list[Span]) -> str | None:
+        """Deliver one batch; return None when delivered, else the drop reason."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release the sink after shutdown."""
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                reason = self._send(batch)
+            except Exception as e:  # a bug in a sink must not kill the thread and silently stop export
+                logger.exception("span export raised unexpectedly")
+                self._note_error(f"{type(e).__name__}: {e}")
+                reason = "export_failed"
+            self._settle(batch, reason)
+
+    def _next_batch(self) -> list[Span] | None:
+        """Wait until a batch is due (full, flush, shutdown or schedule delay) and take it."""
+        with self._cond:
+            due: float | None = None
+            while True:
+                if self._abandoned:
+                    return None
+                n = len(self._queue)
+                if n >= self._max_batch or (n and (self._stopping or self._flush_target > self._taken)):
+                    break
+                if not n:
+                    if self._stopping:
+                        return None
+                    due = None
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                if due is None:
+                    due = now + self._delay_s
+                elif now >= due:
+                    break
+                self._cond.wait(due - now)
+            popleft = self._queue.popleft
+            batch = [popleft() for _ in range(min(n, self._max_batch))]
+            self._taken += len(batch)
+            self._inflight = batch
+            return batch
+
+    def _settle(self, batch: list[Span], reason: str | None) -> None:
+        with self._cond:
+            if self._inflight is not batch:
+                return  # shutdown() already counted it
+            self._inflight = None
+            if reason is None:
+                self._stats.exported += len(batch)
+            else:
+                self._stats.dropped[reason] += len(batch)
+            self._settled += len(batch)
+            self._cond.notify_all()
+
+    def _note_error(self, message: str, retry: bool = False) -> None:
+        with self._cond:
+            self._stats.last_error = message
+            if retry:
+                self._stats.retries += 1
+
+
+class ExportQueue(BatchQueue):
+    """Batches spans, encodes them to OTLP and exports them, retrying retryable failures with back-off."""
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        *,
+        max_queue_spans: int = 20000,
+        max_batch: int = 512,
+        schedule_delay_s: float = 0.5,
+        max_retry_elapsed_s: float = 30.0,
+        initial_backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        scope_version: str = "0.1.0",
+    ) -> None:
+        self._exporter = exporter
+        self._max_retry_elapsed_s = max_retry_elapsed_s
+        self._initial_backoff_s = initial_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._scope_version = scope_version
+        self._failing = False
+        super().__init__(
+            max_queue_spans=max_queue_spans, max_batch=max_batch, schedule_delay_s=schedule_delay_s
+        )
+
+    def _send(self, batch: list[Span]) -> str | None:
+        try:
+            payload = encode_spans(batch, self._scope_version)
+        except Exception as e:  # e.g. an out-of-range int attribute; retrying cannot help
+            return self._give_up(batch, f"encoding failed: {type(e).__name__}: {e}")
+        started = time.monotonic()
+        backoff = self._initial_backoff_s
+        while True:
+            try:
+                self._exporter.export(payload, len(batch))
+            except ExportError as e:
+                err = e
+            except Exception as e:  # exporter bug: permanent, so we never spin on it
+                err = ExportError(False, f"{type(e).__name__}: {e}")
+            else:
+                if self._failing:
+                    self._failing = False
+                    logger.info("OTLP export recovered")
+                return None
+            if self._abort.is_set():
+                return "shutdown"
+            if not err.retryable:
+                return self._give_up(batch, err.message)
+            # Full back-off spread over [backoff/2, backoff] so restarted collectors are not stampeded.
+            delay = min(backoff, self._max_backoff_s) * random.uniform(0.5, 1.0)
+            if err.retry_after_s is not None:
+                delay = max(delay, err.retry_after_s)
+            if time.monotonic() - started + delay > self._max_retry_elapsed_s:
+                return self._give_up(batch, f"{err.message} (gave up after {self._max_retry_elapsed_s:g}s)")
+            self._note_error(err.message, retry=True)
+            if not self._failing:
+                self._failing = True
+                self._fail_log.warn("OTLP export failed, retrying: %s", err.message)
+            logger.debug("retrying export of %d spans in %.2fs: %s", len(batch), delay, err.message)
+            if self._abort.wait(delay):
+                return "shutdown"
+            backoff *= 2
+
+    def _give_up(self, batch: list[Span], message: str) -> str:
+        self._note_error(message)
+        self._failing = True
+        with self._cond:
+            total = self._stats.dropped["export_failed"] + len(batch)
+        self._fail_log.warn("export failed, dropped %d spans (%d so far): %s", len(batch), total, message)
+        return "export_failed"
+
+    def _close(self) -> None:
+        close = getattr(self._exporter, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,274 @@
+"""HTTP/1.x request heads parsed from raw kernel captures.
+
+The eBPF probes copy only the first bytes of each read/write, so a capture may stop at any byte, may run on
+into a request body, and may hold several pipelined requests. All functions here are pure over ``bytes``.
+``parse_request`` runs once per request on the hot path, so it works with ``bytes.find``/slicing (which run
+in C) and never walks single bytes in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The methods OTel semantic conventions treat as known (RFC 9110 plus PATCH from RFC 5789).
+KNOWN_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+_KNOWN_METHODS_B: frozenset[bytes] = frozenset(m.encode() for m in KNOWN_METHODS)
+
+# Extension methods (WebDAV's PROPFIND, VERSION-CONTROL, ...) are uppercase tokens; a length cap keeps
+# random uppercase text from being read as one.
+_MAX_METHOD_LEN = 20
+_METHOD_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
+_CTL = bytes(range(0x20)) + b"\x7f"
+_VERSIONS = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
+# RFC 9112 §2.2 lets a client send empty lines before a request (some send CRLF after a POST body); skip a
+# few, bounded so a capture full of line breaks cannot cost a Python-level loop over its length.
+_MAX_LEADING_EOL = 4
+
+# Header names are matched in a lowercased copy of the header block; the leading LF anchors the match to a
+# line start (so "X-Forwarded-Host:" never matches "host:") and the colon rejects "Host :" (RFC 9112 §5.1).
+_H_HOST = b"\nhost:"
+_H_USER_AGENT = b"\nuser-agent:"
+_H_TRACEPARENT = b"\ntraceparent:"
+_H_TRACESTATE = b"\ntracestate:"
+_H_CONTENT_LENGTH = b"\ncontent-length:"
+_H_TRANSFER_ENCODING = b"\ntransfer-encoding:"
+
+
+@dataclass(slots=True)
+class HttpRequestHead:
+    """The parts of one HTTP/1.x request head that tracing needs; other header values are never kept."""
+
+    method: str
+    target: str  # raw request-target (userinfo in an absolute-form URL is redacted)
+    path: str  # target without query or fragment; "" for authority-form (CONNECT), "*" for asterisk-form
+    query: str | None  # without the "?"; None when the target has no "?"
+    version: str  # "1.0" or "1.1"; "" when the capture ends before the version
+    host: str | None
+    user_agent: str | None
+    traceparent: str | None
+    tracestate: str | None
+    content_length: int | None
+    chunked: bool
+    complete: bool  # the whole header block (up to the empty line) was in the capture
+
+
+def canonical_method(method: str) -> str:
+    """Return the method if OTel semconv knows it, else "_OTHER"."""
+    return method if method in KNOWN_METHODS else "_OTHER"
+
+
+def parse_request(data: bytes, offset: int = 0) -> HttpRequestHead | None:
+    """Parse the HTTP/1.x request head starting at ``offset``; None if the bytes there are not one."""
+    return _parse(data, offset)[0]
+
+
+def next_request_offset(data: bytes, offset: int) -> int | None:
+    """Return where the pipelined request after the one at ``offset`` starts in the capture, if it does."""
+    head, body_start = _parse(data, offset)
+    # Without the full head or with a chunked body the next request's position is unknowable from here.
+    if head is None or not head.complete or head.chunked:
+        return None
+    # RFC 9112 §6.3: a request with neither Content-Length nor Transfer-Encoding has no body.
+    nxt = body_start + (head.content_length or 0)
+    nxt = _skip_empty_lines(data, nxt)
+    sp = data.find(b" ", nxt, nxt + 8)
+    if sp < 0 or data[nxt:sp] not in _KNOWN_METHODS_B:
+        return None
+    return nxt
+
+
+def parse_status_line(data: bytes) -> tuple[str, int] | None:
+    """Return (version, status code) from an HTTP/1.x status line such as b"HTTP/1.1 200 OK"."""
+    if len(data) < 12 or not data.startswith(b"HTTP/1.") or data[8] != 0x20:
+        return None
+    minor = data[7]
+    if minor not in (0x30, 0x31):
+        return None
+    code = data[9:12]
+    # The code is exactly three digits, then the reason phrase's SP, the line end, or the end of the capture.
+    if not code.isdigit() or (len(data) > 12 and data[12] not in (0x20, 0x0D, 0x0A)):
+        return None
+    status = int(code)
+    if status < 100:
+        return None
+    return ("1.1" if minor == 0x31 else "1.0"), status
+
+
+def _skip_empty_lines(data: bytes, pos: int) -> int:
+    end = min(len(data), pos + _MAX_LEADING_EOL)
+    while pos < end and data[pos] in (0x0A, 0x0D):
+        pos += 1
+    return pos
+
+
+def _parse(data: bytes, offset: int) -> tuple[HttpRequestHead | None, int]:
+    """Parse the head at ``offset``; also return where its body starts (-1 if the head is incomplete)."""
+    n = len(data)
+    if offset < 0 or offset >= n:
+        return None, -1
+    if data[offset] in (0x0A, 0x0D):
+        offset = _skip_empty_lines(data, offset)
+        if offset >= n:
+            return None, -1
+    # Cheap rejection of TLS records, binary protocols and lowercase text before any allocation.
+    if not 0x41 <= data[offset] <= 0x5A:
+        return None, -1
+    sp = data.find(b" ", offset, offset + _MAX_METHOD_LEN + 1)
+    if sp < 0:
+        return None, -1
+    method_b = data[offset:sp]
+    known = method_b in _KNOWN_METHODS_B
+    if not known and method_b.translate(None, _METHOD_CHARS):
+        return None, -1
+    method = method_b.decode("ascii")
+
+    le = data.find(b"\n", sp)
+    if le < 0:
+        return _parse_truncated_line(data, sp, method, known), -1
+
+    end = le - 1 if data[le - 1] == 0x0D else le
+    version = _VERSIONS.get(data[end - 9 : end])
+    if version is None:
+        return None, -1
+    target_b = data[sp + 1 : end - 9]
+    if not target_b or b" " in target_b:
+        return None, -1
+
+    # The head ends at the first empty line; accept CRLF CRLF, LF LF and mixed endings. The LF-LF search is
+    # bounded by the CRLF hit so a typical CRLF request does not scan its body for it.
+    e_crlf = data.find(b"\n\r\n", le)
+    e_lf = data.find(b"\n\n", le, e_crlf + 1 if e_crlf >= 0 else n)
+    if e_lf >= 0:
+        block_end, body_start = e_lf + 1, e_lf + 2
+    elif e_crlf >= 0:
+        block_end, body_start = e_crlf + 1, e_crlf + 3
+    else:
+        # Truncated inside the headers: use only whole lines, since a cut value (a Content-Length of "1" for
+        # "12", half a traceparent) would be wrong rather than merely missing.
+        block_end, body_start = data.rfind(b"\n", le) + 1, -1
+    head = _build(method, target_b, version, data[le:block_end], complete=body_start >= 0)
+    return head, body_start
+
+
+def _parse_truncated_line(data: bytes, sp: int, method: str, known: bool) -> HttpRequestHead | None:
+    """Handle a capture that ends inside the request line (no LF after the method)."""
+    # Without the " HTTP/1.x" suffix there is little evidence this is HTTP, so demand a known method.
+    if not known:
+        return None
+    version = ""
+    sp2 = data.find(b" ", sp + 1)
+    if sp2 >= 0:
+        tail = data[sp2 + 1 :]
+        if tail.endswith(b"\r"):
+            tail = tail[:-1]
+        if tail == b"HTTP/1.1" or tail == b"HTTP/1.0":
+            version = tail[5:].decode("ascii")
+        elif not (b"HTTP/1.1".startswith(tail) or b"HTTP/1.0".startswith(tail)):
+            return None
+        target_b = data[sp + 1 : sp2]
+    else:
+        target_b = data[sp + 1 :]
+    if not target_b:
+        return None
+    # A partial absolute-form prefix ("htt") is not yet a usable target; origin/asterisk forms are.
+    if target_b[0] not in b"/*" and b"://" not in target_b and method != "CONNECT":
+        return None
+    return _build(method, target_b, version, b"", complete=False)
+
+
+def _build(method: str, target_b: bytes, version: str, block: bytes, complete: bool) -> HttpRequestHead:
+    """Make the head from the request-line parts and the header block (LF-delimited, starting with LF)."""
+    target = target_b.translate(None, _CTL).decode("latin-1")
+    host: str | None = None  # from an absolute-form URL, which overrides the Host header (RFC 9112 §3.2.2)
+    authority: str | None = None  # from an authority-form target, used only without a Host header
+    if target[:1] == "/":
+        path, query = _split_path_query(target)
+    elif target == "*":
+        path, query = "*", None
+    else:
+        scheme_end = target.find("://")
+        if scheme_end > 0 and target[:scheme_end].isalpha():
+            target, path, query, host = _split_absolute(target, scheme_end)
+        else:
+            # Authority-form (CONNECT host:port) has no path.
+            path, query, authority = "", None, target
+
+    user_agent = traceparent = tracestate = None
+    content_length = None
+    chunked = False
+    if len(block) > 1:
+        lowered = block.lower()
+        # Most requests lack most of these headers: the find runs in C and _value is only called on a hit.
+        if host is None and (i := lowered.find(_H_HOST)) >= 0:
+            host = _value(block, i + len(_H_HOST))
+        if (i := lowered.find(_H_USER_AGENT)) >= 0:
+            user_agent = _value(block, i + len(_H_USER_AGENT))
+        if (i := lowered.find(_H_TRACEPARENT)) >= 0:
+            traceparent = _value(block, i + len(_H_TRACEPARENT))
+        if (i := lowered.find(_H_TRACESTATE)) >= 0:
+            tracestate = _value(block, i + len(_H_TRACESTATE))
+        if (i := lowered.find(_H_CONTENT_LENGTH)) >= 0:
+            cl = _value(block, i + len(_H_CONTENT_LENGTH))
+            if cl is not None and cl.isdigit() and cl.isascii() and len(cl) <= 18:
+                content_length = int(cl)
+        if (i := lowered.find(_H_TRANSFER_ENCODING)) >= 0:
+            # The body is chunked when chunked is the final transfer coding (RFC 9112 §6.3).
+            te = lowered[i + len(_H_TRANSFER_ENCODING) : lowered.find(b"\n", i + 1)]
+            chunked = te.rpartition(b",")[2].strip(b" \t\r") == b"chunked"
+    if host is None:
+        host = authority
+    # Positional arguments, in field order: measurably cheaper than keywords on this hot path.
+    return HttpRequestHead(
+        method,
+        target,
+        path,
+        query,
+        version,
+        host,
+        user_agent,
+        traceparent,
+        tracestate,
+        content_length,
+        chunked,
+        complete,
+    )
+
+
+def _value(block: bytes, start: int) -> str | None:
+    """Return the header value from ``start`` to the line end, control characters and OWS removed."""
+    # The block always ends with LF, so the line end is always found.
+    value = block[start : block.find(b"\n", start)].translate(None, _CTL).strip(b" ")
+    return value.decode("latin-1") if value else None
+
+
+def _split_path_query(target: str) -> tuple[str, str | None]:
+    """Split an origin-form target into path and query, dropping any fragment."""
+    q = target.find("?")
+    f = target.find("#")
+    if f >= 0 and (q < 0 or f < q):
+        return target[:f], None
+    if q >= 0:
+        return target[:q], target[q + 1 : f] if f >= 0 else target[q + 1 :]
+    return target, None
+
+
+def _split_absolute(target: str, scheme_end: int) -> tuple[str, str, str | None, str | None]:
+    """Return (target, path, query, host) for an absolute-form target such as "http://host/p?q"."""
+    auth_start = scheme_end + 3
+    auth_end = len(target)
+    for sep in "/?#":
+        i = target.find(sep, auth_start, auth_end)
+        if i >= 0:
+            auth_end = i
+    authority = target[auth_start:auth_end]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        # Credentials in a URL must not reach telemetry; redact them as semconv prescribes for url.full.
+        redacted = "REDACTED:REDACTED@" if ":" in userinfo else "REDACTED@"
+        target = target[:auth_start] + redacted + hostport + target[auth_end:]
+        auth_end = auth_start + len(redacted) + len(hostport)
+    path, query = _split_path_query(target[auth_end:])
+    # What follows the authority starts with "/", "?", "#" or nothing; an empty path is the root.
+    return target, path or "/", query, hostport or None
