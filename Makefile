@@ -1,0 +1,39 @@
+# Fresh Debian/Ubuntu machine, as root:  make demo   |   make test
+# Every target is idempotent: setup installs only what is missing.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+KREL := $(shell uname -r)
+APT_PACKAGES := python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils
+
+.PHONY: setup demo test unit integration bench lint clean
+
+setup: .setup-stamp
+
+.setup-stamp: pyproject.toml scripts/setup.sh
+	APT_PACKAGES="$(APT_PACKAGES)" bash scripts/setup.sh
+	touch $@
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	bash scripts/mount-tracefs.sh
+	$(VENV)/bin/pytest -q -ra tests
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: setup
+	bash scripts/mount-tracefs.sh
+	$(VENV)/bin/pytest -q -ra tests/integration
+
+bench: setup
+	$(PY) bench/nginx_http.py
+
+lint: setup
+	$(VENV)/bin/ruff check otelbpf tests bench scripts
+
+clean:
+	rm -rf $(VENV) .setup-stamp
