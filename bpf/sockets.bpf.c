@@ -525,6 +525,8 @@ static __always_inline void on_response_data(struct conn_state *st, struct io_ar
 					     u64 seglen, u64 ret, u64 now)
 {
 	if (st->state == ST_REQUEST) {
+		if (!addr)
+			return; /* sendfile: file bytes, never a status line */
 		u32 zero = 0;
 		struct scratch *s = scratch_map.lookup(&zero);
 		if (!s)
@@ -575,7 +577,8 @@ static __always_inline void on_response_data(struct conn_state *st, struct io_ar
 		add_bytes(st, io->dir, ret);
 		st->ev.end_ns = now;
 		if (st->chunked) {
-			update_tail(st, io, ret);
+			if (io->buf)
+				update_tail(st, io, ret);
 			if (tail_ends_chunked(st->tail))
 				finish(st, now);
 		} else if (st->body_left >= 0) {
@@ -586,7 +589,7 @@ static __always_inline void on_response_data(struct conn_state *st, struct io_ar
 		return;
 	}
 	/* Idle: a response we did not see the request of. */
-	if (st->role == OTELBPF_ROLE_SERVER && seglen >= 12) {
+	if (st->role == OTELBPF_ROLE_SERVER && addr && seglen >= 12) {
 		char p[12] = {};
 		if (!bpf_probe_read_user(p, sizeof(p), (void *)addr) && is_status_start(p))
 			count(OTELBPF_STAT_ORPHAN_RESPONSES);
@@ -757,7 +760,7 @@ int process_io(void *ctx)
 		return 0;
 	char peek[8] = {};
 	int method = 0;
-	if (seglen >= 8 && !bpf_probe_read_user(peek, sizeof(peek), (void *)addr))
+	if (addr && seglen >= 8 && !bpf_probe_read_user(peek, sizeof(peek), (void *)addr))
 		method = is_method_start(peek);
 
 	if (st && st->ev.sock_id && st->ev.sock_id != io.sk) {
@@ -840,6 +843,17 @@ IO_PROBES(readv, DIR_IN, args->fd, args->vec, args->vlen)
 IO_PROBES(write, DIR_OUT, args->fd, args->buf, 0)
 IO_PROBES(sendto, DIR_OUT, args->fd, args->buff, 0)
 IO_PROBES(writev, DIR_OUT, args->fd, args->vec, args->vlen)
+
+/* sendfile: response bodies straight from a file (nginx static files). Its bytes count toward the
+ * response; there is no user buffer to look at, so buf stays 0. */
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64)
+{
+	return save_io(args->out_fd, 0, 0, DIR_OUT);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64)
+{
+	return handle_io_exit(args, args->ret);
+}
 
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
 {

@@ -37,6 +37,7 @@ _IO_SYSCALLS = (
     "accept",
     "accept4",
     "connect",
+    "sendfile64",
 )
 TRACEPOINTS: list[str] = [
     *(f"syscalls:sys_{edge}_{name}" for name in _IO_SYSCALLS for edge in ("enter", "exit")),
