@@ -1,0 +1,256 @@
+"""Span mapping: kernel events in, spans with exact semantic-convention attributes out (no root)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from otelbpf import events
+from otelbpf.clock import ClockMap, measure_offset
+from otelbpf.correlate import IdGenerator, SpanBuilder, format_address, split_host
+from otelbpf.events import HttpEvent
+from otelbpf.resources import ResourceCache, detect_language, parse_resource_attributes
+from otelbpf.spans import SpanKind, StatusCode
+
+OFFSET = 1_700_000_000_000_000_000
+
+
+class FixedClock(ClockMap):
+    def __init__(self) -> None:
+        super().__init__(realtime_ns=lambda: OFFSET + 5, monotonic_ns=lambda: 5)
+
+
+def v4(addr: str) -> bytes:
+    return socket.inet_aton(addr) + b"\x00" * 12
+
+
+def event(req: bytes, role: int = events.ROLE_SERVER, status: int = 200, flags: int = 0, **kw) -> HttpEvent:
+    base = dict(
+        role=role,
+        flags=flags,
+        status=status,
+        req_offset=0,
+        pid=os.getpid(),
+        tid=4242,
+        start_ns=1_000,
+        end_ns=5_000,
+        bytes_in=120,
+        bytes_out=900,
+        sock_id=0xFFFF0001,
+        family=2,
+        local_addr=v4("127.0.0.1"),
+        peer_addr=v4("127.0.0.2"),
+        local_port=8080,
+        peer_port=51000,
+        req=req,
+    )
+    base.update(kw)
+    return HttpEvent(**base)
+
+
+@pytest.fixture()
+def builder() -> SpanBuilder:
+    return SpanBuilder(ResourceCache(env={}), FixedClock(), IdGenerator(seed=7))
+
+
+CURL = (
+    b"GET /users/123/orders?token=SECRET HTTP/1.1\r\nHost: shop.local:8080\r\nUser-Agent: curl/7.88.1\r\n"
+    b"Authorization: Bearer SECRET\r\nAccept: */*\r\n\r\n"
+)
+
+
+def test_server_span_exact(builder: SpanBuilder) -> None:
+    span = builder.build(event(CURL))
+    assert span.name == "GET /users/{id}/orders"
+    assert span.kind is SpanKind.SERVER
+    assert span.start_ns == OFFSET + 1_000 and span.end_ns == OFFSET + 5_000
+    assert span.status is StatusCode.UNSET
+    assert span.attributes == {
+        "http.request.method": "GET",
+        "url.path": "/users/123/orders",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "network.protocol.name": "http",
+        "network.transport": "tcp",
+        "network.type": "ipv4",
+        "user_agent.original": "curl/7.88.1",
+        "server.address": "shop.local",
+        "server.port": 8080,
+        "client.address": "127.0.0.2",
+        "client.port": 51000,
+        "network.peer.address": "127.0.0.2",
+        "network.peer.port": 51000,
+        "network.local.address": "127.0.0.1",
+        "network.local.port": 8080,
+        "http.request.size": 120,
+        "http.response.size": 900,
+        "http.response.status_code": 200,
+        "thread.id": 4242,
+    }
+    assert "SECRET" not in repr(span)
+
+
+def test_query_only_when_asked() -> None:
+    b = SpanBuilder(ResourceCache(env={}), FixedClock(), capture_query=True)
+    span = b.build(event(CURL))
+    assert span.attributes["url.query"] == "token=SECRET"
+    assert span.name == "GET /users/{id}/orders"
+
+
+def test_client_span_url_full_and_sizes(builder: SpanBuilder) -> None:
+    req = b"POST /api/v1/items?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nContent-Length: 3\r\n\r\nabc"
+    span = builder.build(event(req, role=events.ROLE_CLIENT, status=201, local_port=51000, peer_port=9000))
+    assert span.kind is SpanKind.CLIENT
+    assert span.name == "POST /api/v1/items"
+    assert span.attributes["url.full"] == "http://127.0.0.1:9000/api/v1/items"
+    assert span.attributes["server.address"] == "127.0.0.1"
+    assert span.attributes["server.port"] == 9000
+    assert span.attributes["http.request.size"] == 900  # a client sends the request
+    assert span.attributes["http.response.size"] == 120
+    assert "client.address" not in span.attributes
+    assert "abc" not in repr(span.attributes)
+
+
+def test_client_default_port_omitted_from_url(builder: SpanBuilder) -> None:
+    span = builder.build(event(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", role=events.ROLE_CLIENT, peer_port=80))
+    assert span.attributes["url.full"] == "http://example.com/"
+    assert span.attributes["server.port"] == 80
+
+
+@pytest.mark.parametrize(
+    ("role", "status", "flags", "expected", "error_type"),
+    [
+        (events.ROLE_SERVER, 200, 0, StatusCode.UNSET, None),
+        (events.ROLE_SERVER, 404, 0, StatusCode.UNSET, None),
+        (events.ROLE_SERVER, 500, 0, StatusCode.ERROR, "500"),
+        (events.ROLE_CLIENT, 404, 0, StatusCode.ERROR, "404"),
+        (events.ROLE_CLIENT, 302, 0, StatusCode.UNSET, None),
+        (
+            events.ROLE_SERVER,
+            0,
+            events.FLAG_CONN_CLOSED | events.FLAG_NO_RESPONSE,
+            StatusCode.ERROR,
+            "connection_closed",
+        ),
+        (events.ROLE_CLIENT, 200, events.FLAG_CONN_CLOSED, StatusCode.ERROR, "connection_closed"),
+        (events.ROLE_SERVER, 200, events.FLAG_CLOSE_DELIMITED, StatusCode.UNSET, None),
+    ],
+)
+def test_status_rules(
+    builder: SpanBuilder, role: int, status: int, flags: int, expected: StatusCode, error_type: str | None
+) -> None:
+    span = builder.build(event(b"GET /x HTTP/1.1\r\n\r\n", role=role, status=status, flags=flags))
+    assert span.status is expected
+    assert span.attributes.get("error.type") == error_type
+    if status == 0:
+        assert "http.response.status_code" not in span.attributes
+
+
+def test_pipelined_offset(builder: SpanBuilder) -> None:
+    req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b/42 HTTP/1.1\r\nHost: x\r\n\r\n"
+    span = builder.build(event(req, req_offset=req.index(b"GET /b"), flags=events.FLAG_PIPELINED))
+    assert span.name == "GET /b/{id}"
+    assert span.attributes["otelbpf.http.pipelined"] is True
+
+
+def test_unparsable_request_is_still_a_span(builder: SpanBuilder) -> None:
+    span = builder.build(event(b"\x16\x03\x01\x02\x00garbage"))
+    assert span.name == "HTTP"
+    assert span.attributes["http.request.method"] == "_OTHER"
+    assert builder.stats.unparsed_requests == 1
+
+
+def test_ipv6_and_v4_mapped_addresses() -> None:
+    mapped = b"\x00" * 10 + b"\xff\xff" + socket.inet_aton("10.1.2.3")
+    assert format_address(10, mapped) == "10.1.2.3"
+    assert format_address(10, socket.inet_pton(socket.AF_INET6, "::1")) == "::1"
+    assert format_address(0, b"\x00" * 16) is None
+    assert split_host("[::1]:8080") == ("::1", 8080)
+    assert split_host("example.com") == ("example.com", None)
+    assert split_host("example.com:81") == ("example.com", 81)
+
+
+def test_ids_random_valid_and_unique() -> None:
+    ids = IdGenerator()
+    trace_ids = {ids.trace_id() for _ in range(5000)}
+    span_ids = {ids.span_id() for _ in range(5000)}
+    assert len(trace_ids) == 5000 and len(span_ids) == 5000
+    assert all(len(t) == 16 and any(t) for t in trace_ids)
+    assert all(len(s) == 8 and any(s) for s in span_ids)
+
+
+def test_clock_offset_is_exact_with_fixed_clocks() -> None:
+    ticks = iter(range(100, 10_000, 10))
+    assert measure_offset(lambda: 5_000_000, lambda: next(ticks)) == 5_000_000 - 105
+    clock = FixedClock()
+    assert clock.to_wall(123) == OFFSET + 123
+
+
+def test_clock_matches_real_clocks() -> None:
+    import time
+
+    clock = ClockMap()
+    mono = time.monotonic_ns()
+    assert abs(clock.to_wall(mono) - time.time_ns()) < 5_000_000
+
+
+def test_resource_from_a_real_process_env() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        env={**os.environ, "OTEL_SERVICE_NAME": "my-svc", "OTEL_RESOURCE_ATTRIBUTES": "team=core,service.name=x"},
+    )
+    try:
+        import time
+
+        import psutil
+
+        # Read it only after exec: before that /proc shows the parent's command line and environment.
+        deadline = time.monotonic() + 10
+        while "time.sleep(30)" not in " ".join(psutil.Process(child.pid).cmdline()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        res = ResourceCache(env={}).get(child.pid)
+        attrs = dict(res.attributes)
+        # The process's own OTEL_SERVICE_NAME beats its OTEL_RESOURCE_ATTRIBUTES, as in the SDKs.
+        assert attrs["service.name"] == "my-svc"
+        assert attrs["team"] == "core"
+        assert attrs["process.pid"] == child.pid
+        assert attrs["process.executable.path"] == os.path.realpath(sys.executable)
+        assert attrs["process.executable.name"] == os.path.basename(os.path.realpath(sys.executable))
+        assert "time.sleep(30)" in attrs["process.command_line"]
+        assert attrs["telemetry.sdk.name"] == "otelbpf"
+        assert attrs["telemetry.sdk.language"] == "python"
+        assert attrs["host.name"] == socket.gethostname()
+        # otelbpf's own settings override what the process says about itself.
+        over = dict(
+            ResourceCache(env={"OTEL_SERVICE_NAME": "forced", "OTEL_RESOURCE_ATTRIBUTES": "env=prod"})
+            .get(child.pid)
+            .attributes
+        )
+        assert over["service.name"] == "forced" and over["env"] == "prod"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_resource_of_a_gone_process() -> None:
+    res = ResourceCache(env={}).get(2**22 + 12345)
+    assert res.service_name == f"unknown_service:{2**22 + 12345}"
+
+
+def test_resource_cache_is_bounded() -> None:
+    cache = ResourceCache(env={}, capacity=3)
+    for pid in range(2**22, 2**22 + 10):
+        cache.get(pid)
+    assert cache.evicted == 7
+
+
+def test_resource_attribute_parsing_and_language() -> None:
+    assert parse_resource_attributes("a=1, b = x%20y ,bad,=v,") == {"a": "1", "b": "x y"}
+    assert detect_language("python3.11") == "python"
+    assert detect_language("node") == "nodejs"
+    assert detect_language("nginx") == "native"
