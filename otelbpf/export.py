@@ -28,6 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 
 from otelbpf import __version__
+from otelbpf.otlp_wire import encode_export_request
 from otelbpf.spans import AttributeValue, Resource, Span, StatusCode
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,8 @@ def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServ
 
 
 def encode_spans(spans: Sequence[Span], scope_version: str) -> bytes:
-    """Serialize spans as an OTLP ExportTraceServiceRequest."""
-    return encode_request(spans, scope_version).SerializeToString()
+    """Serialize spans as an OTLP ExportTraceServiceRequest (hand-written wire encoding, see otlp_wire)."""
+    return encode_export_request(spans, SCOPE_NAME, scope_version)
 
 
 # --------------------------------------------------------------------------------------------------

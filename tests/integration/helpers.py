@@ -1,0 +1,293 @@
+"""Test-only helpers for the integration suite: processes, otelbpf runs, summaries and span checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SERVERS = HERE / "servers"
+CLIENTS = HERE / "clients"
+PYTHON = sys.executable
+OTELBPF = str(REPO / ".venv" / "bin" / "otelbpf")
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+SERVER = 2  # OTLP SpanKind
+CLIENT = 3
+STATUS_UNSET = 0
+STATUS_ERROR = 2
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any OTEL_*/OTELBPF_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELBPF_"))}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Terminate a process this suite started, and its children (nginx workers), by pid."""
+    if proc.poll() is not None:
+        return
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+def read_port_line(proc: subprocess.Popen, timeout: float = 15.0) -> int:
+    """Wait for the "PORT <n>" line a test server prints on stdout once it listens."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout):
+        stop_process(proc)
+        pytest.fail(f"server {proc.args} did not report its port within {timeout}s")
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith("PORT "):
+        stop_process(proc)
+        pytest.fail(f"server {proc.args} printed {line!r} instead of its port (exit {proc.poll()})")
+    return int(line.split()[1])
+
+
+@dataclass
+class Server:
+    """A server process started by the suite."""
+
+    proc: subprocess.Popen
+    port: int
+    script: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def start_script_server(script: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> Server:
+    """Start one of the python scripts in servers/ and wait until it listens."""
+    with open(log or os.devnull, "wb") as stderr:
+        proc = subprocess.Popen(
+            [PYTHON, str(script), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env or clean_env(),
+        )
+    return Server(proc, read_port_line(proc), script.name)
+
+
+def curl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run curl once (silent, errors shown) and return the finished process."""
+    res = subprocess.run(["curl", "-s", "-S", "--max-time", "10", *args], capture_output=True, text=True)
+    if check and res.returncode != 0:
+        pytest.fail(f"curl {args} failed ({res.returncode}): {res.stderr}")
+    return res
+
+
+class PausedClient:
+    """clients/http_client.py started paused: trace its pid, then let it go."""
+
+    def __init__(self, mode: str, urls: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, str(CLIENTS / "http_client.py"), mode, *urls],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()  # imports are done, no socket opened yet
+        if line != "paused":
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.stop()
+            pytest.fail(f"client did not pause: {line!r} {err}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def go(self, timeout: float = 60.0) -> list[dict]:
+        """Let the client make its requests; return its per-URL results."""
+        out, err = self.proc.communicate("go\n", timeout=timeout)
+        if self.proc.returncode != 0:
+            pytest.fail(f"client failed ({self.proc.returncode}): {err}")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def raw_client(*args: str) -> dict:
+    """Run clients/raw_client.py to completion; return its JSON result."""
+    res = subprocess.run(
+        [PYTHON, str(CLIENTS / "raw_client.py"), *args], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    if res.returncode != 0:
+        pytest.fail(f"raw client {args} failed ({res.returncode}): {res.stderr}")
+    return json.loads(res.stdout)
+
+
+_SUMMARY_LINE = re.compile(r"^\s*([A-Za-z][^:\n]*):\s+(\d+)\b", re.M)
+
+
+def parse_summary(stderr: str) -> dict[str, int]:
+    """Every "label: N" line of the summary after "otelbpf summary:" (label stripped)."""
+    _, sep, tail = stderr.partition("otelbpf summary:")
+    if not sep:
+        return {}
+    return {m.group(1).strip(): int(m.group(2)) for m in _SUMMARY_LINE.finditer(tail)}
+
+
+@dataclass
+class RunResult:
+    """How one otelbpf run ended."""
+
+    returncode: int
+    stderr: str
+    stdout: str
+    summary: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+class OtelbpfRun:
+    """One ``otelbpf run`` subprocess; stderr/stdout go to files so nothing can block on a pipe."""
+
+    _count = 0
+
+    def __init__(self, args: list[str], env: dict[str, str], workdir: Path) -> None:
+        OtelbpfRun._count += 1
+        n = OtelbpfRun._count
+        self.args = args
+        self.err_path = workdir / f"otelbpf-{n}.stderr"
+        self.out_path = workdir / f"otelbpf-{n}.stdout"
+        with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [OTELBPF, "run", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=REPO
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait for the "ready" line; fail with otelbpf's stderr if it exits or takes too long."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.stderr()
+            if "ready" in text:
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"otelbpf {self.args} exited with {self.proc.returncode} before ready:\n{self.stderr()}")
+            time.sleep(0.05)
+        self.kill()
+        pytest.fail(f"otelbpf {self.args} not ready after {timeout}s:\n{self.stderr()}")
+
+    def wait(self, timeout: float = STOP_TIMEOUT_S) -> RunResult:
+        """Wait for otelbpf to exit by itself."""
+        t0 = time.monotonic()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"otelbpf {self.args} did not exit within {timeout}s:\n{self.stderr()}")
+        err = self.stderr()
+        return RunResult(self.proc.returncode, err, self.stdout(), parse_summary(err), time.monotonic() - t0)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> RunResult:
+        """SIGINT (flush and summary), then wait for the exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def assert_summary(res: RunResult, *, requests: int, exported: int) -> None:
+    """A clean exit whose summary reports exactly these numbers and no loss of any kind."""
+    assert res.returncode == 0, res.stderr
+    s = res.summary
+    assert s.get("requests seen") == requests, res.stderr
+    assert s.get("spans exported") == exported, res.stderr
+    assert s.get("events lost") == 0, res.stderr
+    assert s.get("requests unfinished at exit", 0) == 0, res.stderr
+
+
+def settle(receiver: OtlpReceiver, expected: int, timeout: float = 10.0) -> None:
+    """Give the exporter time to deliver ``expected`` spans (or a short settle when none are expected)."""
+    if expected:
+        receiver.wait_for(expected, timeout)
+    time.sleep(0.5)
+
+
+def by_pid(spans: list[ReceivedSpan], pid: int) -> list[ReceivedSpan]:
+    return [s for s in spans if s.resource.get("process.pid") == pid]
+
+
+def exe_of(pid: int) -> tuple[str, str]:
+    """(process.executable.path, expected service.name) for a live process, as psutil sees it."""
+    exe = psutil.Process(pid).exe()
+    return exe, os.path.basename(exe)
+
+
+def assert_in_window(spans: list[ReceivedSpan], t0: int, t1: int) -> None:
+    """Every span started and ended inside the wall-clock window the test drove requests in."""
+    for s in spans:
+        assert s.start_ns > 0
+        assert t0 <= s.start_ns <= s.end_ns <= t1, (s.name, t0, s.start_ns, s.end_ns, t1)
+
+
+def all_values(span: ReceivedSpan) -> list[str]:
+    """Every exported string of a span: name, status message, attribute and resource values."""
+    out = [span.name, span.status_message]
+    for attrs in (span.attributes, span.resource):
+        for k, v in attrs.items():
+            out.append(k)
+            out.append(v if isinstance(v, str) else repr(v))
+    return out
