@@ -28,6 +28,21 @@ EXAMPLES = """examples:
 """
 
 
+# Integer tunables: flag, environment variable, default, help.
+INT_TUNABLES = [
+    (
+        "--max-spans-per-second",
+        "OTELBPF_MAX_SPANS_PER_SECOND",
+        20000,
+        "shed requests beyond this rate in the kernel, counted; 0: no limit",
+    ),
+    ("--capture-bytes", "OTELBPF_CAPTURE_BYTES", 512, "request head bytes kept per request, a power of two"),
+    ("--ring-buffer-pages", "OTELBPF_RING_BUFFER_PAGES", 1024, "kernel ring buffer size in pages, a power of two"),
+    ("--max-connections", "OTELBPF_MAX_CONNECTIONS", 65536, "connections tracked at once in the kernel"),
+    ("--nice", "OTELBPF_NICE", 10, "scheduling niceness of the collector, so it yields CPU to the traced apps"),
+]
+
+
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name)
     if value is None or value == "":
@@ -120,37 +135,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         metavar="SECONDS",
         help="stop after this long (default: until SIGINT/SIGTERM)",
     )
-    tune.add_argument(
-        "--max-spans-per-second",
-        type=int,
-        default=_env_int(env, "OTELBPF_MAX_SPANS_PER_SECOND", 20000),
-        help="shed requests beyond this rate in the kernel, counted "
-        "(env OTELBPF_MAX_SPANS_PER_SECOND; 0: no limit; default 20000)",
-    )
-    tune.add_argument(
-        "--capture-bytes",
-        type=int,
-        default=_env_int(env, "OTELBPF_CAPTURE_BYTES", 512),
-        help="request head bytes kept per request, a power of two (default 512)",
-    )
-    tune.add_argument(
-        "--ring-buffer-pages",
-        type=int,
-        default=_env_int(env, "OTELBPF_RING_BUFFER_PAGES", 1024),
-        help="kernel ring buffer size in pages, a power of two (default 1024 = 4 MiB)",
-    )
-    tune.add_argument(
-        "--max-connections",
-        type=int,
-        default=_env_int(env, "OTELBPF_MAX_CONNECTIONS", 65536),
-        help="connections tracked at once in the kernel (default 65536)",
-    )
-    tune.add_argument(
-        "--nice",
-        type=int,
-        default=_env_int(env, "OTELBPF_NICE", 10),
-        help="scheduling niceness of the collector, so it yields CPU to the traced apps (default 10)",
-    )
+    for flag, env_name, default, text in INT_TUNABLES:
+        tune.add_argument(
+            flag,
+            type=int,
+            default=_env_int(env, env_name, default),
+            metavar="N",
+            help=f"{text} (env {env_name}; default {default})",
+        )
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C and flags, exit
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

@@ -28,6 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 
 from otelbpf import __version__
+from otelbpf.kvlist import parse_kv_list
 from otelbpf.otlp_wire import encode_export_request
 from otelbpf.spans import AttributeValue, Resource, Span, StatusCode
 
@@ -384,17 +385,8 @@ def _first(*values: str | None) -> str | None:
 
 
 def parse_headers(text: str) -> dict[str, str]:
-    """Parse ``k1=v1,k2=v2`` (W3C-baggage-like, percent-encoded) into a dict."""
-    headers: dict[str, str] = {}
-    for entry in text.split(","):
-        if not entry.strip():
-            continue
-        key, sep, value = entry.partition("=")
-        key = urllib.parse.unquote(key.strip())
-        if not sep or not key:
-            raise ValueError(f"invalid OTLP header entry {entry.strip()!r}: expected key=value")
-        headers[key] = urllib.parse.unquote(value.strip())
-    return headers
+    """Parse ``k1=v1,k2=v2`` (W3C-baggage-like, percent-encoded) into a dict; malformed entries are errors."""
+    return parse_kv_list(text, strict=True, what="OTLP header")
 
 
 def _env(env: Mapping[str, str], suffix: str) -> tuple[str | None, str | None]:

@@ -6,13 +6,13 @@ import logging
 import os
 import socket
 import time
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import psutil
 
 from otelbpf import __version__
+from otelbpf.kvlist import parse_kv_list
 from otelbpf.spans import AttributeValue, Resource
 
 logger = logging.getLogger(__name__)
@@ -34,17 +34,8 @@ _MAX_CMDLINE = 1024
 
 
 def parse_resource_attributes(value: str) -> dict[str, str]:
-    """Parse ``OTEL_RESOURCE_ATTRIBUTES`` (``k1=v1,k2=v2``, values percent-encoded)."""
-    out: dict[str, str] = {}
-    for item in value.split(","):
-        if not item.strip():
-            continue
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            logger.warning("ignoring malformed OTEL_RESOURCE_ATTRIBUTES entry %r", item)
-            continue
-        out[key.strip()] = urllib.parse.unquote(val.strip())
-    return out
+    """Parse ``OTEL_RESOURCE_ATTRIBUTES`` (``k1=v1,k2=v2``, values percent-encoded); bad entries are skipped."""
+    return parse_kv_list(value, strict=False, what="OTEL_RESOURCE_ATTRIBUTES")
 
 
 def detect_language(exe_name: str) -> str:
