@@ -115,7 +115,7 @@ BPF_HASH(targets, u32, u8, MAX_TARGETS);
 BPF_HASH(target_comms, struct comm_key, u8, 64);
 /* Syscall arguments saved at sys_enter, by thread id. */
 BPF_HASH(active_io, u64, struct io_args, 16384);
-/* connect()/accept() arguments saved at sys_enter, by thread id. */
+/* connect()'s fd saved at sys_enter, by thread id. */
 BPF_HASH(active_sock_call, u64, u32, 16384);
 /* Per-connection HTTP state, by (tgid, fd). LRU: idle connections fall out first. */
 BPF_TABLE("lru_hash", struct conn_key, struct conn_state, conns, MAX_CONNECTIONS);
@@ -157,12 +157,40 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	struct comm_key key = {};
 	bpf_get_current_comm(&key.comm, sizeof(key.comm));
-	if (!target_comms.lookup(&key))
-		return 0;
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	u8 one = 1;
-	if (targets.update(&tgid, &one))
-		count(OTELBPF_STAT_TARGETS_FULL);
+	if (target_comms.lookup(&key)) {
+		u8 one = 1;
+		if (targets.update(&tgid, &one))
+			count(OTELBPF_STAT_TARGETS_FULL);
+	}
+	if (!traced(tgid))
+		return 0;
+	/* Describe the new program now: a short-lived process is gone before user space reads /proc. */
+	struct otelbpf_process_event *ev = events.ringbuf_reserve(sizeof(*ev));
+	if (!ev) {
+		count(OTELBPF_STAT_LOST_RINGBUF_FULL);
+		return 0;
+	}
+	ev->type = OTELBPF_EVENT_PROCESS;
+	ev->pid = tgid;
+	__builtin_memcpy(ev->comm, key.comm, sizeof(ev->comm));
+	unsigned short loc = args->data_loc_filename & 0xFFFF;
+	long n = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), (char *)args + loc);
+	ev->filename_len = n > 0 ? n : 0;
+	/* argv lives in the new program's memory between mm->arg_start and mm->arg_end (offsets from BTF). */
+	u64 task = (u64)bpf_get_current_task();
+	u64 mm = 0, start = 0, end = 0;
+	ev->args_len = 0;
+	if (!bpf_probe_read_kernel(&mm, sizeof(mm), (void *)(task + OFF_TASK_MM)) && mm &&
+	    !bpf_probe_read_kernel(&start, sizeof(start), (void *)(mm + OFF_MM_ARG_START)) &&
+	    !bpf_probe_read_kernel(&end, sizeof(end), (void *)(mm + OFF_MM_ARG_END)) && end > start) {
+		u64 len = end - start;
+		if (len > OTELBPF_ARGS_LEN)
+			len = OTELBPF_ARGS_LEN;
+		if (!bpf_probe_read_user(ev->args, len & (2 * OTELBPF_ARGS_LEN - 1), (void *)start))
+			ev->args_len = len;
+	}
+	events.ringbuf_submit(ev, 0);
 	return 0;
 }
 
@@ -397,6 +425,7 @@ static __always_inline int rate_allows(struct rate_window *w, u64 now)
 static __always_inline void emit(struct conn_state *st, u64 now)
 {
 	st->ev.type = OTELBPF_EVENT_HTTP;
+	bpf_get_current_comm(st->ev.comm, sizeof(st->ev.comm));
 	u32 zero = 0;
 	struct rate_window *w = rate_map.lookup(&zero);
 	if (!w)
@@ -883,7 +912,7 @@ static __always_inline int save_sock_call(u32 fd)
 	return 0;
 }
 
-static __always_inline int new_conn_on_exit(long ret, u8 role, int connect)
+static __always_inline int connected(long ret)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 *fdp = active_sock_call.lookup(&id);
@@ -892,31 +921,38 @@ static __always_inline int new_conn_on_exit(long ret, u8 role, int connect)
 	u32 fd = *fdp;
 	active_sock_call.delete(&id);
 	/* A non-blocking connect returns -EINPROGRESS and completes later. */
-	if (connect ? (ret != 0 && ret != -115) : ret < 0)
+	if (ret != 0 && ret != -115)
 		return 0;
-	struct conn_key key = {.tgid = id >> 32, .fd = connect ? fd : (u32)ret};
+	struct conn_key key = {.tgid = id >> 32, .fd = fd};
 	struct conn_state *old = conns.lookup(&key);
 	if (old)
 		on_conn_end(old, bpf_ktime_get_ns());
-	new_conn(&key, role, PROTO_UNKNOWN);
+	new_conn(&key, OTELBPF_ROLE_CLIENT, PROTO_UNKNOWN);
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+/* accept needs nothing from its entry: the new fd is the return value. Doing it all at exit also
+ * covers a server already blocked in accept() when otelbpf attached. */
+static __always_inline int accepted(long ret)
 {
-	return save_sock_call(args->fd);
+	u64 id = bpf_get_current_pid_tgid();
+	if (ret < 0 || !traced(id >> 32))
+		return 0;
+	struct conn_key key = {.tgid = id >> 32, .fd = (u32)ret};
+	struct conn_state *old = conns.lookup(&key);
+	if (old)
+		on_conn_end(old, bpf_ktime_get_ns());
+	new_conn(&key, OTELBPF_ROLE_SERVER, PROTO_UNKNOWN);
+	return 0;
 }
+
 TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 {
-	return new_conn_on_exit(args->ret, OTELBPF_ROLE_SERVER, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
-{
-	return save_sock_call(args->fd);
+	return accepted(args->ret);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
 {
-	return new_conn_on_exit(args->ret, OTELBPF_ROLE_SERVER, 0);
+	return accepted(args->ret);
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
@@ -924,7 +960,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
-	return new_conn_on_exit(args->ret, OTELBPF_ROLE_CLIENT, 1);
+	return connected(args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)

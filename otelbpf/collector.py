@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from otelbpf.correlate import SpanBuilder
-from otelbpf.events import DecodeError, decode
+from otelbpf.events import EVENT_PROCESS, DecodeError, decode, decode_process
 from otelbpf.export import BatchQueue
 from otelbpf.ringbuf import RingBufferReader
 
@@ -103,6 +103,9 @@ class Collector:
         build = self._builder.build
         for raw in records:
             try:
+                if raw[0] == EVENT_PROCESS:
+                    self._builder.resources.remember_exec(decode_process(raw))
+                    continue
                 ev = decode(raw, self._capture)
             except DecodeError as exc:
                 self.malformed += 1

@@ -89,8 +89,8 @@ class SpanBuilder:
         ids: IdGenerator | None = None,
         capture_query: bool = False,
     ) -> None:
-        self._resources = resources
-        self._clock = clock
+        self.resources = resources
+        self.clock = clock
         self._ids = ids or IdGenerator()
         self._capture_query = capture_query
         self.stats = BuildStats()
@@ -175,9 +175,9 @@ class SpanBuilder:
             span_id=self._ids.span_id(),
             name=self._name(method, head.path if head else None),
             kind=SpanKind.SERVER if server else SpanKind.CLIENT,
-            start_ns=self._clock.to_wall(ev.start_ns),
-            end_ns=self._clock.to_wall(ev.end_ns),
-            resource=self._resources.get(ev.pid),
+            start_ns=self.clock.to_wall(ev.start_ns),
+            end_ns=self.clock.to_wall(ev.end_ns),
+            resource=self.resources.get(ev.pid, ev.comm),
             attributes=attrs,
             status=status,
             status_message=message,

@@ -10,6 +10,11 @@ import struct
 from dataclasses import dataclass
 
 EVENT_HTTP = 1
+EVENT_PROCESS = 2
+
+COMM_LEN = 16
+FILENAME_LEN = 256
+ARGS_LEN = 512
 
 ROLE_SERVER = 1
 ROLE_CLIENT = 2
@@ -35,7 +40,7 @@ STAT_NAMES: dict[int, str] = {
 }
 
 # struct otelbpf_http_event up to req[]; "x" bytes are the explicit _pad fields.
-HTTP_HEADER = struct.Struct("<BBBxHHIIIxxxxQQQQQ16s16sHHHxx")
+HTTP_HEADER = struct.Struct("<BBBxHHIIIxxxxQQQQQ16s16s16sHHHxx")
 
 # name -> (offset, size) for the mirror test; req follows the fixed header.
 HTTP_LAYOUT: dict[str, tuple[int, int]] = {
@@ -52,8 +57,9 @@ HTTP_LAYOUT: dict[str, tuple[int, int]] = {
     "bytes_in": (40, 8),
     "bytes_out": (48, 8),
     "sock_id": (56, 8),
-    "conn": (64, 40),
-    "req": (104, -1),
+    "comm": (64, 16),
+    "conn": (80, 40),
+    "req": (120, -1),
 }
 CONN_LAYOUT: dict[str, tuple[int, int]] = {
     "local_addr": (0, 16),
@@ -63,6 +69,19 @@ CONN_LAYOUT: dict[str, tuple[int, int]] = {
     "family": (36, 2),
 }
 CONN_SIZE = 40
+
+
+# struct otelbpf_process_event.
+PROCESS_EVENT = struct.Struct(f"<B3xIII{COMM_LEN}s{FILENAME_LEN}s{ARGS_LEN}s")
+PROCESS_LAYOUT: dict[str, tuple[int, int]] = {
+    "type": (0, 1),
+    "pid": (4, 4),
+    "filename_len": (8, 4),
+    "args_len": (12, 4),
+    "comm": (16, COMM_LEN),
+    "filename": (32, FILENAME_LEN),
+    "args": (288, ARGS_LEN),
+}
 
 
 def http_event_size(capture_bytes: int = DEFAULT_CAPTURE_BYTES) -> int:
@@ -89,6 +108,7 @@ class HttpEvent:
     bytes_in: int
     bytes_out: int
     sock_id: int
+    comm: str
     family: int
     local_addr: bytes
     peer_addr: bytes
@@ -115,6 +135,7 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         bytes_in,
         bytes_out,
         sock_id,
+        comm,
         local_addr,
         peer_addr,
         local_port,
@@ -142,6 +163,7 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         bytes_in=bytes_in,
         bytes_out=bytes_out,
         sock_id=sock_id,
+        comm=_cstr(comm),
         family=family,
         local_addr=local_addr,
         peer_addr=peer_addr,
@@ -149,3 +171,30 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         peer_port=peer_port,
         req=bytes(raw[base : base + req_len]),
     )
+
+
+@dataclass(slots=True)
+class ProcessEvent:
+    """A traced process started a program: what it is, read in the kernel at exec."""
+
+    pid: int
+    comm: str
+    filename: str
+    argv: list[str]
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def decode_process(raw: bytes | memoryview) -> ProcessEvent:
+    """Decode an OTELBPF_EVENT_PROCESS record."""
+    if len(raw) < PROCESS_EVENT.size:
+        raise DecodeError(f"process record of {len(raw)} bytes is shorter than {PROCESS_EVENT.size}")
+    etype, pid, filename_len, args_len, comm, filename, args = PROCESS_EVENT.unpack_from(raw)
+    if etype != EVENT_PROCESS:
+        raise DecodeError(f"not a process record: type {etype}")
+    if filename_len > FILENAME_LEN or args_len > ARGS_LEN:
+        raise DecodeError("process record lengths exceed their fields")
+    argv = [a.decode("utf-8", "replace") for a in args[:args_len].split(b"\0") if a]
+    return ProcessEvent(pid=pid, comm=_cstr(comm), filename=_cstr(filename[:filename_len]), argv=argv)

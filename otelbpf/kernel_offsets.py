@@ -45,3 +45,31 @@ def socket_offsets(btf: Btf | None = None) -> dict[str, int]:
 def as_cflags(offsets: dict[str, int]) -> list[str]:
     """Turn ``{"OFF_X": 4}`` into compiler flags like ``["-DOFF_X=4"]``."""
     return [f"-D{name}={value}" for name, value in offsets.items()]
+
+
+# Macro name -> (struct, member, byte size read): where a new program's argv lives, read at exec.
+PROCESS_FIELDS: dict[str, tuple[str, str, int]] = {
+    "OFF_TASK_MM": ("task_struct", "mm", 8),
+    "OFF_MM_ARG_START": ("mm_struct", "arg_start", 8),
+    "OFF_MM_ARG_END": ("mm_struct", "arg_end", 8),
+}
+
+
+def process_offsets(btf: Btf | None = None) -> dict[str, int]:
+    """Byte offsets of task_struct.mm and mm_struct.arg_start/arg_end, by macro name."""
+    if btf is None:
+        btf = Btf.load(DEFAULT_VMLINUX_BTF)
+    offsets: dict[str, int] = {}
+    for macro, (struct_name, member, size) in PROCESS_FIELDS.items():
+        actual = btf.member_size(struct_name, member)
+        if actual != size:
+            raise BtfError(f"struct {struct_name}.{member} is {actual} bytes, otelbpf expects {size}")
+        offsets[macro] = btf.member_offset(struct_name, member)
+    return offsets
+
+
+def all_offsets(btf: Btf | None = None) -> dict[str, int]:
+    """Every offset the BPF programs need, loading the kernel's BTF once."""
+    if btf is None:
+        btf = Btf.load(DEFAULT_VMLINUX_BTF)
+    return {**socket_offsets(btf), **process_offsets(btf)}

@@ -34,13 +34,13 @@ _IO_SYSCALLS = (
     "writev",
     "sendto",
     "sendmsg",
-    "accept",
-    "accept4",
     "connect",
     "sendfile64",
 )
 TRACEPOINTS: list[str] = [
     *(f"syscalls:sys_{edge}_{name}" for name in _IO_SYSCALLS for edge in ("enter", "exit")),
+    "syscalls:sys_exit_accept",
+    "syscalls:sys_exit_accept4",
     "syscalls:sys_enter_close",
     "sock:sock_recv_length",
     "sock:sock_send_length",

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import psutil
 
 from otelbpf import __version__
+from otelbpf.events import ProcessEvent
 from otelbpf.kvlist import parse_kv_list
 from otelbpf.spans import AttributeValue, Resource
 
@@ -69,10 +70,20 @@ class ResourceCache:
         self._capacity = capacity
         self._revalidate_s = revalidate_s
         self._cache: OrderedDict[int, tuple[Resource, float, float]] = OrderedDict()
+        # What the kernel told us at exec, for processes that exit before /proc can be read.
+        self._exec_facts: OrderedDict[int, ProcessEvent] = OrderedDict()
         self.evicted = 0
 
-    def get(self, pid: int) -> Resource:
-        """The resource for ``pid`` (a minimal one if the process is already gone)."""
+    def remember_exec(self, ev: ProcessEvent) -> None:
+        """Record a new program in a process; any resource cached for the pid described the old one."""
+        self._cache.pop(ev.pid, None)
+        self._exec_facts[ev.pid] = ev
+        self._exec_facts.move_to_end(ev.pid)
+        if len(self._exec_facts) > self._capacity:
+            self._exec_facts.popitem(last=False)
+
+    def get(self, pid: int, comm: str = "") -> Resource:
+        """The resource for ``pid``; from exec facts or ``comm`` if the process is already gone."""
         entry = self._cache.get(pid)
         now = time.monotonic()
         if entry is not None:
@@ -81,7 +92,7 @@ class ResourceCache:
                 self._cache[pid] = (resource, created, now)
                 self._cache.move_to_end(pid)
                 return resource
-        resource, created = self._build(pid)
+        resource, created = self._build(pid, comm)
         self._cache[pid] = (resource, created, now)
         self._cache.move_to_end(pid)
         if len(self._cache) > self._capacity:
@@ -96,7 +107,7 @@ class ResourceCache:
         except psutil.Error:
             return True  # gone: keep describing it as it was
 
-    def _build(self, pid: int) -> tuple[Resource, float]:
+    def _build(self, pid: int, comm: str) -> tuple[Resource, float]:
         attrs: dict[str, AttributeValue] = {
             "process.pid": pid,
             "host.name": self._host,
@@ -120,10 +131,19 @@ class ResourceCache:
                 attrs["process.executable.name"] = exe_name
             if cmdline:
                 attrs["process.command_line"] = " ".join(cmdline)[:_MAX_CMDLINE]
-        except psutil.NoSuchProcess:
-            logger.debug("process %d exited before its resource was read", pid)
         except psutil.Error as exc:
-            logger.debug("cannot read process %d: %s", pid, exc)
+            logger.debug("process %d could not be read (%s); using what the kernel reported", pid, exc)
+            facts = self._exec_facts.get(pid)
+            if facts is not None:
+                exe_name = os.path.basename(facts.filename) or facts.comm
+                if facts.filename:
+                    attrs["process.executable.path"] = facts.filename
+                if facts.argv:
+                    attrs["process.command_line"] = " ".join(facts.argv)[:_MAX_CMDLINE]
+            else:
+                exe_name = comm
+            if exe_name:
+                attrs["process.executable.name"] = exe_name
         attrs["telemetry.sdk.language"] = detect_language(exe_name)
         # The process's own OpenTelemetry settings describe it best; otelbpf's own env overrides.
         attrs["service.name"] = exe_name or f"unknown_service:{pid}"

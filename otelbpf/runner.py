@@ -22,7 +22,7 @@ from otelbpf.export import (
     queue_settings_from_env,
     resolve_otlp_settings,
 )
-from otelbpf.kernel_offsets import socket_offsets
+from otelbpf.kernel_offsets import all_offsets
 from otelbpf.resources import ResourceCache
 from otelbpf.targets import TargetError, TargetSpec, resolve
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         preflight.check_tracepoints(TRACEPOINTS)
         preflight.check_kernel_headers()
         pids = resolve(spec)
-        offsets = socket_offsets()
+        offsets = all_offsets()
     except (preflight.PreflightError, TargetError, BtfError) as exc:
         raise RunError(str(exc)) from exc
     if args.service_name:
@@ -112,14 +112,13 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         builder = SpanBuilder(ResourceCache(env), ClockMap(), capture_query=args.capture_query)
 
         def maintenance() -> None:
-            builder_clock.maybe_refresh()
+            builder.clock.maybe_refresh()
             if spec.ports or spec.pids or spec.exes:
                 # Listeners that appeared since the start (--port) join; the kernel adds exec/fork.
                 fresh = resolve(TargetSpec(ports=spec.ports)) if spec.ports else set()
                 if fresh:
                     probes.add_targets(fresh)
 
-        builder_clock = builder._clock
         collector = Collector(probes, reader, builder, queue, settings.capture_bytes, maintenance=maintenance)
         if args.nice:
             try:

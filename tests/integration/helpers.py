@@ -144,15 +144,24 @@ class PausedClient:
     def pid(self) -> int:
         return self.proc.pid
 
-    def go(self, timeout: float = 60.0) -> list[dict]:
-        """Let the client make its requests; return its per-URL results."""
-        out, err = self.proc.communicate("go\n", timeout=timeout)
-        if self.proc.returncode != 0:
-            pytest.fail(f"client failed ({self.proc.returncode}): {err}")
-        return json.loads(out.strip().splitlines()[-1])
+    def go(self) -> list[dict]:
+        """Let the client make its requests; return its per-URL results. It stays alive until stop()."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()  # every request has a 10 s timeout in the client
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            pytest.fail(f"client failed ({self.proc.wait()}): {err}")
+        return json.loads(line)
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()  # the client exits when its stdin closes
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc)
 
 
 def raw_client(*args: str) -> dict:
@@ -247,6 +256,15 @@ class OtelbpfRun:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def terminate(self) -> None:
+        """Teardown: SIGINT if still running (probes detach cleanly), SIGKILL if that takes too long."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 def assert_summary(res: RunResult, *, requests: int, exported: int) -> None:

@@ -41,6 +41,7 @@ def event(req: bytes, role: int = events.ROLE_SERVER, status: int = 200, flags: 
         bytes_in=120,
         bytes_out=900,
         sock_id=0xFFFF0001,
+        comm="pytest",
         family=2,
         local_addr=v4("127.0.0.1"),
         peer_addr=v4("127.0.0.2"),

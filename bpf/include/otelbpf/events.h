@@ -18,7 +18,12 @@
 /* First byte of every ring-buffer record: user space dispatches on raw[0]. */
 enum otelbpf_event_type {
 	OTELBPF_EVENT_HTTP = 1,
+	OTELBPF_EVENT_PROCESS = 2,
 };
+
+#define OTELBPF_COMM_LEN 16
+#define OTELBPF_FILENAME_LEN 256
+#define OTELBPF_ARGS_LEN 512
 
 enum otelbpf_role {
 	OTELBPF_ROLE_SERVER = 1,
@@ -61,8 +66,22 @@ struct otelbpf_http_event {
 	__u64 bytes_in; /* bytes the traced process received for this request */
 	__u64 bytes_out; /* bytes the traced process sent for this request */
 	__u64 sock_id; /* kernel socket identity, stable for the connection's life */
+	char comm[OTELBPF_COMM_LEN]; /* process name, for when the process is gone before /proc is read */
 	struct otelbpf_conn_addr conn;
 	char req[OTELBPF_CAPTURE_BYTES]; /* first bytes of request line and headers, as sent */
+};
+
+/* A traced process started a program (exec). Sent so that a process which lives only a few
+ * milliseconds (curl) still gets its resource: by the time user space reads /proc it may be gone. */
+struct otelbpf_process_event {
+	__u8 type; /* OTELBPF_EVENT_PROCESS */
+	__u8 _pad0[3];
+	__u32 pid; /* tgid */
+	__u32 filename_len; /* bytes in filename[] including the NUL, 0 if unread */
+	__u32 args_len; /* bytes in args[]: NUL-separated argv */
+	char comm[OTELBPF_COMM_LEN];
+	char filename[OTELBPF_FILENAME_LEN]; /* the path exec'd, as given */
+	char args[OTELBPF_ARGS_LEN];
 };
 
 /* Indexes of the per-CPU counter array `stats`. */

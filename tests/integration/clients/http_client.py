@@ -3,7 +3,8 @@
 usage: http_client.py urllib|session URL...
 
 urllib: one urllib.request call (a new connection) per URL; session: one requests.Session (one
-keep-alive connection). Prints a JSON list with one {"url", "status", "error"} per URL on stdout.
+keep-alive connection). Prints a JSON list with one {"url", "status", "error"} per URL on stdout,
+then stays alive (connections open) until stdin closes, so its /proc entry outlives the spans.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
         else:
             out.append(with_urllib(url))
     print(json.dumps(out), flush=True)
+    sys.stdin.read()  # until the test closes stdin
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 usage:
   raw_client.py pieces PORT PATH           one request whose head is sent in two pieces, 50 ms apart
   raw_client.py pipeline PORT PATH...      all requests in one send on one connection, then all responses
-  raw_client.py echo PORT N                N non-HTTP exchanges with an echo server on one connection
+  raw_client.py echo PORT N [lookalike]    N non-HTTP exchanges with an echo server on one connection;
+                                           lookalike: every tenth message reads like an HTTP request line
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ def pipeline(port: int, paths: list[str]) -> dict:
     return {"sent": len(data), "statuses": [s for s, _ in results], "sizes": [n for _, n in results]}
 
 
-def echo(port: int, n: int) -> dict:
+def echo(port: int, n: int, lookalike: bool) -> dict:
     ok = 0
     with connect(port) as sock:
         f = sock.makefile("rb")
         for i in range(n):
-            # Starts as a non-HTTP protocol; later messages look like HTTP but the connection is not.
-            msg = b"GET /not-http HTTP/1.1\n" if i % 10 == 5 else b"PING %d\n" % i
+            # Starts as a non-HTTP protocol; with lookalike, later messages read like HTTP (it is not).
+            msg = b"GET /not-http HTTP/1.1\n" if lookalike and i % 10 == 5 else b"PING %d\n" % i
             sock.sendall(msg)
             if f.readline() == msg:
                 ok += 1
@@ -83,7 +84,7 @@ def main() -> None:
     elif mode == "pipeline":
         out = pipeline(port, sys.argv[3:])
     elif mode == "echo":
-        out = echo(port, int(sys.argv[3]))
+        out = echo(port, int(sys.argv[3]), sys.argv[4:] == ["lookalike"])
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out), flush=True)

@@ -1,0 +1,234 @@
+"""SERVER spans of a python http.server app traced by --pid, driven by curl and by client subprocesses."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.integration.helpers import (
+    CLIENT,
+    SERVER,
+    STATUS_ERROR,
+    STATUS_UNSET,
+    PausedClient,
+    all_values,
+    assert_in_window,
+    assert_summary,
+    by_pid,
+    curl,
+    exe_of,
+    raw_client,
+    settle,
+)
+
+pytestmark = pytest.mark.integration
+
+N = 23
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_sequential_curl_requests(py_server, otelbpf, receiver, protocol):
+    run = otelbpf("--pid", str(py_server.pid), receiver=receiver, protocol=protocol)
+    t0 = time.time_ns()
+    for i in range(N):
+        curl("-o", "/dev/null", py_server.url(f"/items/{i}"))  # a new connection each time
+    t1 = time.time_ns()
+    settle(receiver, N)
+    res = run.stop()
+    spans = receiver.spans()
+
+    assert_summary(res, requests=N, exported=N)
+    assert len(spans) == N, [s.name for s in spans]
+    exe, service = exe_of(py_server.pid)
+    assert sorted(s.attributes["url.path"] for s in spans) == sorted(f"/items/{i}" for i in range(N))
+    for s in spans:
+        assert s.protocol == ("grpc" if protocol == "grpc" else "http")
+        assert s.name == "GET /items/{id}"
+        assert s.kind == SERVER
+        assert s.status_code == STATUS_UNSET
+        a = s.attributes
+        assert a["http.request.method"] == "GET"
+        assert a["url.scheme"] == "http"
+        assert a["http.response.status_code"] == 200
+        assert a["network.protocol.version"] == "1.1"
+        assert a["server.address"] == "127.0.0.1"
+        assert a["server.port"] == py_server.port
+        assert a["client.address"] == "127.0.0.1"
+        assert isinstance(a["client.port"], int) and a["client.port"] > 0
+        assert a["network.peer.address"] == "127.0.0.1"
+        assert a["user_agent.original"].startswith("curl/")
+        assert "error.type" not in a
+        r = s.resource
+        assert r["service.name"] == service
+        assert r["process.pid"] == py_server.pid
+        assert r["process.executable.path"] == exe
+        assert "app.py" in r["process.command_line"]
+        assert r["host.name"] == socket.gethostname()
+        assert r["telemetry.sdk.name"] == "otelbpf"
+    assert len({s.attributes["client.port"] for s in spans}) == N  # one connection per request
+    assert_in_window(spans, t0, t1)
+
+
+def test_keepalive_session(py_server, otelbpf, receiver):
+    """requests.Session: N requests over one connection; both ends traced."""
+    client = PausedClient("session", [py_server.url(f"/items/{i}") for i in range(N)])
+    try:
+        run = otelbpf("--pid", str(py_server.pid), "--pid", str(client.pid), receiver=receiver)
+        t0 = time.time_ns()
+        results = client.go()
+        t1 = time.time_ns()
+        settle(receiver, 2 * N)
+        res = run.stop()
+    finally:
+        client.stop()
+    assert [r["status"] for r in results] == [200] * N
+    spans = receiver.spans()
+    assert_summary(res, requests=2 * N, exported=2 * N)
+    server_spans = by_pid(spans, py_server.pid)
+    client_spans = by_pid(spans, client.pid)
+    assert len(server_spans) == N and len(client_spans) == N, [(s.name, s.resource["process.pid"]) for s in spans]
+    assert {s.kind for s in server_spans} == {SERVER}
+    assert {s.kind for s in client_spans} == {CLIENT}
+    ports = {s.attributes["client.port"] for s in server_spans}
+    assert len(ports) == 1, ports
+    assert {s.attributes["network.local.port"] for s in client_spans} == ports
+    for group in (server_spans, client_spans):
+        assert sorted(s.attributes["url.path"] for s in group) == sorted(f"/items/{i}" for i in range(N))
+        assert {s.name for s in group} == {"GET /items/{id}"}
+        assert {s.attributes["http.response.status_code"] for s in group} == {200}
+        assert {s.status_code for s in group} == {STATUS_UNSET}
+    assert {s.attributes["user_agent.original"].split("/")[0] for s in server_spans} == {"python-requests"}
+    assert_in_window(spans, t0, t1)
+
+
+def test_chunked_and_split_responses(py_server, otelbpf, receiver, tmp_path):
+    """Bodies written in several writes; http.response.size is every byte on the wire, as curl got them."""
+    run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+    sizes: dict[str, list[int]] = {"/chunked": [], "/split": []}
+    body_file = tmp_path / "body"
+    t0 = time.time_ns()
+    for path in ("/chunked", "/split") * 3:
+        # --raw keeps the chunk framing in the saved body (curl's size_download would count decoded bytes).
+        out = curl("--raw", "-o", str(body_file), "-w", "%{http_code} %{size_header}", py_server.url(path))
+        code, header = (int(x) for x in out.stdout.split())
+        assert code == 200
+        sizes[path].append(header + body_file.stat().st_size)
+    t1 = time.time_ns()
+    settle(receiver, 6)
+    res = run.stop()
+    spans = receiver.spans()
+    assert_summary(res, requests=6, exported=6)
+    assert len(spans) == 6, [s.name for s in spans]
+    for path in ("/chunked", "/split"):
+        got = [s for s in spans if s.attributes.get("url.path") == path]
+        assert len(got) == 3, path
+        for s in got:
+            assert s.name == f"GET {path}"
+            assert s.kind == SERVER
+            assert s.status_code == STATUS_UNSET
+            assert s.attributes["http.response.status_code"] == 200
+            assert s.end_ns > s.start_ns
+        assert sorted(s.attributes["http.response.size"] for s in got) == sorted(sizes[path]), path
+    assert_in_window(spans, t0, t1)
+
+
+def test_request_head_read_in_pieces(py_server, otelbpf, receiver):
+    run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+    out = raw_client("pieces", str(py_server.port), "/items/7")
+    settle(receiver, 1)
+    res = run.stop()
+    assert out["status"] == 200
+    spans = receiver.spans()
+    assert_summary(res, requests=1, exported=1)
+    assert len(spans) == 1
+    (s,) = spans
+    assert s.name == "GET /items/{id}"
+    assert s.attributes["url.path"] == "/items/7"
+    assert s.attributes["user_agent.original"] == "raw-client/1"
+    assert s.attributes["http.request.size"] == out["sent"]
+    assert s.attributes["http.response.size"] == out["response_size"]
+    assert s.attributes["http.response.status_code"] == 200
+
+
+SECRET = "SECRET-MARKER-5d1f"
+
+
+def test_post_body_and_secrets_not_exported(py_server, otelbpf, receiver):
+    body = f"password={SECRET}&x=1"
+    run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+    out = curl(
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_request} %{size_upload}",
+        "-H",
+        f"Authorization: Bearer {SECRET}",
+        "-d",
+        body,
+        py_server.url(f"/items/1?token={SECRET}"),
+    )
+    settle(receiver, 1)
+    res = run.stop()
+    code, size_request, size_upload = (int(x) for x in out.stdout.split())
+    assert code == 200 and size_upload == len(body)
+    spans = receiver.spans()
+    assert_summary(res, requests=1, exported=1)
+    assert len(spans) == 1
+    (s,) = spans
+    assert s.name == "POST /items/{id}"
+    assert s.attributes["http.request.method"] == "POST"
+    assert s.attributes["url.path"] == "/items/1"
+    assert s.attributes["http.request.size"] >= len(body)
+    assert s.attributes["http.request.size"] == size_request  # curl's count includes the body
+    assert "url.query" not in s.attributes
+    leaked = [v for v in all_values(s) if SECRET in v]
+    assert leaked == []
+
+
+def test_server_status_rules(py_server, otelbpf, receiver):
+    """Servers: 5xx is an error, 4xx is not; /slow lasts at least its 50 ms sleep."""
+    run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+    for path, code in (("/error", 500), ("/missing", 404), ("/slow", 200)):
+        out = curl("-o", "/dev/null", "-w", "%{http_code}", py_server.url(path))
+        assert int(out.stdout) == code
+    settle(receiver, 3)
+    res = run.stop()
+    spans = {s.attributes["url.path"]: s for s in receiver.spans()}
+    assert_summary(res, requests=3, exported=3)
+    assert sorted(spans) == ["/error", "/missing", "/slow"]
+    err, missing, slow = spans["/error"], spans["/missing"], spans["/slow"]
+    assert err.attributes["http.response.status_code"] == 500
+    assert err.status_code == STATUS_ERROR
+    assert err.attributes["error.type"] == "500"
+    assert missing.attributes["http.response.status_code"] == 404
+    assert missing.status_code == STATUS_UNSET
+    assert "error.type" not in missing.attributes
+    assert slow.status_code == STATUS_UNSET
+    assert slow.end_ns - slow.start_ns >= 50_000_000
+
+
+def test_connection_closed_without_response(py_server, otelbpf, receiver):
+    """/close reads the request and hangs up: an ERROR span on the server and on the client."""
+    client = PausedClient("urllib", [py_server.url("/close")])
+    try:
+        run = otelbpf("--pid", str(py_server.pid), "--pid", str(client.pid), receiver=receiver)
+        results = client.go()
+        settle(receiver, 2)
+        res = run.stop()
+    finally:
+        client.stop()
+    assert results[0]["status"] is None and results[0]["error"], results
+    spans = receiver.spans()
+    assert_summary(res, requests=2, exported=2)
+    server = by_pid(spans, py_server.pid)
+    clients = by_pid(spans, client.pid)
+    assert len(server) == 1 and len(clients) == 1, [(s.name, s.resource.get("process.pid")) for s in spans]
+    for s, kind in ((server[0], SERVER), (clients[0], CLIENT)):
+        assert s.kind == kind
+        assert s.name == "GET /close"
+        assert s.status_code == STATUS_ERROR
+        assert "http.response.status_code" not in s.attributes
+        assert s.attributes["error.type"] == "connection_closed"
+        assert s.end_ns >= s.start_ns

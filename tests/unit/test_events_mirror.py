@@ -1,0 +1,415 @@
+"""events.h (the kernel side) compiled with gcc must match the Python mirror in otelbpf/events.py exactly.
+
+The structs, fields and constants are read from the header itself, so a field or constant added to
+events.h without its mirror fails here rather than going unnoticed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from otelbpf import events
+from otelbpf.events import HTTP_HEADER, DecodeError, decode, http_event_size
+
+INCLUDE_DIR = Path(__file__).resolve().parents[2] / "bpf" / "include"
+HEADER = INCLUDE_DIR / "otelbpf" / "events.h"
+
+TYPES_FALLBACK = """\
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+"""
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+def header_structs() -> dict[str, list[str]]:
+    """struct name -> field names in declaration order, read from events.h."""
+    text = _strip_comments(HEADER.read_text())
+    out = {}
+    for name, body in re.findall(r"struct\s+(\w+)\s*\{(.*?)\};", text, re.S):
+        fields = []
+        for decl in body.split(";"):
+            decl = decl.strip()
+            if decl:
+                m = re.search(r"(\w+)\s*(?:\[[^\]]*\])?$", decl)
+                assert m, f"cannot read the field declaration {decl!r} in struct {name}"
+                fields.append(m.group(1))
+        out[name] = fields
+    return out
+
+
+def header_constants() -> list[str]:
+    """Every enum member and #define named OTELBPF_* (the include guard aside)."""
+    text = _strip_comments(HEADER.read_text())
+    names = re.findall(r"^#define[ \t]+(OTELBPF_\w+)[ \t]+\S", text, re.M)
+    for body in re.findall(r"enum\s+\w+\s*\{(.*?)\};", text, re.S):
+        names += re.findall(r"\b(OTELBPF_\w+)\s*=", body)
+    return sorted(set(names))
+
+
+# The mirror of each struct: its layout dict and its size in otelbpf/events.py.
+def mirror_of(struct_name: str, capture: int) -> tuple[dict[str, tuple[int, int]], int]:
+    if struct_name == "otelbpf_http_event":
+        return events.HTTP_LAYOUT, http_event_size(capture)
+    if struct_name == "otelbpf_conn_addr":
+        return events.CONN_LAYOUT, events.CONN_SIZE
+    if struct_name == "otelbpf_process_event":
+        return events.PROCESS_LAYOUT, events.PROCESS_EVENT.size
+    raise AssertionError(f"struct {struct_name} in events.h has no mirror in otelbpf/events.py (nor in this test)")
+
+
+def _c_program(structs: dict[str, list[str]], constants: list[str]) -> str:
+    lines = ["#include <linux/types.h>" if Path("/usr/include/linux/types.h").exists() else TYPES_FALLBACK]
+    lines += ["#include <stdio.h>", "#include <stddef.h>", '#include "otelbpf/events.h"', "int main(void) {"]
+    for name, fields in structs.items():
+        lines.append(f'printf("sizeof {name} %zu\\n", sizeof(struct {name}));')
+        for f in fields:
+            lines.append(f'printf("offset {name}.{f} %zu\\n", (size_t)__builtin_offsetof(struct {name}, {f}));')
+            lines.append(f'printf("size {name}.{f} %zu\\n", sizeof(((struct {name} *)0)->{f}));')
+    for c in constants:
+        lines.append(f'printf("const {c} %lld\\n", (long long)({c}));')
+    lines += ["return 0;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+class Layout:
+    """What gcc says about events.h."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.sizeof: dict[str, int] = {}
+        self.offset: dict[str, int] = {}
+        self.size: dict[str, int] = {}
+        self.const: dict[str, int] = {}
+        for line in lines:
+            kind, key, value = line.split()
+            getattr(self, kind)[key] = int(value)
+
+
+def compile_layout(tmp_path: Path, *defines: str) -> Layout:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    src, exe = tmp_path / "layout.c", tmp_path / "layout"
+    src.write_text(_c_program(header_structs(), header_constants()))
+    cmd = ["gcc", "-std=gnu11", "-Wall", "-Werror", "-I", str(INCLUDE_DIR), *defines, "-o", str(exe), str(src)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return Layout(out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
+    return compile_layout(tmp_path_factory.mktemp("mirror"))
+
+
+def test_header_is_parsed() -> None:
+    structs = header_structs()
+    assert {"otelbpf_http_event", "otelbpf_conn_addr"} <= set(structs)
+    assert structs["otelbpf_http_event"][:3] == ["type", "role", "flags"]
+    assert "OTELBPF_EVENT_HTTP" in header_constants()
+
+
+@pytest.mark.parametrize("struct_name", sorted(header_structs()))
+def test_struct_layout(layout: Layout, struct_name: str) -> None:
+    mirror, size = mirror_of(struct_name, events.DEFAULT_CAPTURE_BYTES)
+    assert layout.sizeof[struct_name] == size, f"sizeof(struct {struct_name})"
+    fields = header_structs()[struct_name]
+    public = [f for f in fields if not f.startswith("_")]
+    assert sorted(mirror) == sorted(public), "fields differ between events.h and the mirror"
+    for f in public:
+        offset, fsize = mirror[f]
+        assert layout.offset[f"{struct_name}.{f}"] == offset, f
+        if fsize == -1:  # a flexible-size tail: http req[], OTELBPF_CAPTURE_BYTES long
+            assert f == fields[-1]
+            assert layout.size[f"{struct_name}.{f}"] == events.DEFAULT_CAPTURE_BYTES
+        else:
+            assert layout.size[f"{struct_name}.{f}"] == fsize, f
+
+
+def test_no_hidden_padding(layout: Layout) -> None:
+    """Every byte of every struct belongs to a named field (implicit padding differs between compilers)."""
+    for struct_name, fields in header_structs().items():
+        end = 0
+        for f in fields:
+            assert layout.offset[f"{struct_name}.{f}"] == end, f"implicit padding before {struct_name}.{f}"
+            end += layout.size[f"{struct_name}.{f}"]
+        assert end == layout.sizeof[struct_name], f"implicit tail padding in {struct_name}"
+
+
+def _format_codes(fmt: struct.Struct) -> list[str]:
+    """One code per unpacked value: "s" for byte strings, the integer code otherwise (pads dropped)."""
+    codes = []
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt.format):
+        if code == "x":
+            continue
+        codes += [code] if code == "s" else [code] * int(count or 1)
+    return codes
+
+
+def _check_struct_format(fmt: struct.Struct, fields: list[str], struct_name: str, layout: Layout) -> None:
+    """Unpacking a buffer with a marker at each C offset yields the markers in the mirror's field order."""
+    codes = _format_codes(fmt)
+    assert len(codes) == len(fields), f"{fmt.format} unpacks {len(codes)} values for {len(fields)} fields"
+    raw = bytearray(fmt.size)
+    expected: list[int | bytes] = []
+    packers = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+    for i, (f, code) in enumerate(zip(fields, codes, strict=True), start=1):
+        off, size = layout.offset[f"{struct_name}.{f}"], layout.size[f"{struct_name}.{f}"]
+        assert off + size <= fmt.size, f
+        if code == "s":  # a byte array: a marker in its first byte
+            raw[off] = i
+            expected.append(bytes([i]) + bytes(size - 1))
+        else:
+            assert struct.calcsize("<" + code) == size, f"{f}: format {code!r} for a {size}-byte field"
+            struct.pack_into(packers[size], raw, off, i)
+            expected.append(i)
+    assert list(fmt.unpack_from(raw)) == expected
+
+
+def test_http_header_format(layout: Layout) -> None:
+    structs = header_structs()
+    conn = layout.offset["otelbpf_http_event.conn"]
+    # Flatten: the nested conn struct's fields take its place, at conn + their own offset.
+    flat = Layout([])
+    fields = []
+    for f in structs["otelbpf_http_event"]:
+        if f.startswith("_") or f == "req":
+            continue
+        if f == "conn":
+            for cf in structs["otelbpf_conn_addr"]:
+                if not cf.startswith("_"):
+                    flat.offset[f"x.{cf}"] = conn + layout.offset[f"otelbpf_conn_addr.{cf}"]
+                    flat.size[f"x.{cf}"] = layout.size[f"otelbpf_conn_addr.{cf}"]
+                    fields.append(cf)
+        else:
+            flat.offset[f"x.{f}"] = layout.offset[f"otelbpf_http_event.{f}"]
+            flat.size[f"x.{f}"] = layout.size[f"otelbpf_http_event.{f}"]
+            fields.append(f)
+    assert HTTP_HEADER.size == layout.offset["otelbpf_http_event.req"]
+    _check_struct_format(HTTP_HEADER, fields, "x", flat)
+
+
+def test_process_event_format(layout: Layout) -> None:
+    if "otelbpf_process_event" not in header_structs():
+        pytest.skip("no process event in this version of events.h")
+    fields = [f for f in header_structs()["otelbpf_process_event"] if not f.startswith("_")]
+    _check_struct_format(events.PROCESS_EVENT, fields, "otelbpf_process_event", layout)
+
+
+def mirror_constant(name: str) -> int:
+    """The Python value that mirrors a C constant, by naming convention."""
+    short = name.removeprefix("OTELBPF_")
+    if short == "CAPTURE_BYTES":
+        return events.DEFAULT_CAPTURE_BYTES
+    if short.startswith("HTTP_"):
+        return getattr(events, "FLAG_" + short.removeprefix("HTTP_"))
+    if short == "STAT_MAX":
+        return max(events.STAT_NAMES) + 1  # checked separately: an upper bound
+    if short.startswith("STAT_"):
+        key = short.removeprefix("STAT_").lower()
+        matches = [i for i, n in events.STAT_NAMES.items() if n == key]
+        assert len(matches) == 1, f"STAT_NAMES has no single entry named {key!r}"
+        return matches[0]
+    assert hasattr(events, short), f"{name} in events.h has no mirror otelbpf.events.{short}"
+    return getattr(events, short)
+
+
+def test_constants(layout: Layout) -> None:
+    for name, value in layout.const.items():
+        if name == "OTELBPF_STAT_MAX":
+            assert max(events.STAT_NAMES) < value
+            continue
+        assert mirror_constant(name) == value, name
+
+
+def test_every_stat_index_is_in_the_header(layout: Layout) -> None:
+    in_header = {
+        v: k.removeprefix("OTELBPF_STAT_").lower()
+        for k, v in layout.const.items()
+        if k.startswith("OTELBPF_STAT_") and k != "OTELBPF_STAT_MAX"
+    }
+    assert in_header == events.STAT_NAMES
+
+
+def test_flags_are_distinct_bits() -> None:
+    flags = [v for k, v in vars(events).items() if k.startswith("FLAG_")]
+    assert len(flags) >= 6
+    combined = 0
+    for f in flags:
+        assert f & (f - 1) == 0 and f & combined == 0
+        combined |= f
+
+
+def test_other_capture_size(tmp_path: Path) -> None:
+    got = compile_layout(tmp_path, "-DOTELBPF_CAPTURE_BYTES=1024")
+    assert got.const["OTELBPF_CAPTURE_BYTES"] == 1024
+    assert got.sizeof["otelbpf_http_event"] == http_event_size(1024)
+    assert got.size["otelbpf_http_event.req"] == 1024
+    assert got.offset["otelbpf_http_event.req"] == HTTP_HEADER.size
+
+
+# ---- decode: records built field by field at the mirror's offsets (not with HTTP_HEADER itself)
+
+REQ = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+FIELDS = {
+    "type": events.EVENT_HTTP,
+    "role": events.ROLE_SERVER,
+    "flags": events.FLAG_PIPELINED | events.FLAG_REQ_TRUNCATED,
+    "status": 201,
+    "req_offset": 3,
+    "pid": 4242,
+    "tid": 4243,
+    "start_ns": 1_000_000,
+    "end_ns": 1_500_000,
+    "bytes_in": 77,
+    "bytes_out": 612,
+    "sock_id": 0xDEADBEEFCAFE,
+}
+CONN = {
+    "local_addr": bytes([127, 0, 0, 1]) + bytes(12),
+    "peer_addr": bytes([10, 1, 2, 3]) + bytes(12),
+    "local_port": 8080,
+    "peer_port": 54321,
+    "family": 2,
+}
+
+
+def pack_http(req: bytes = REQ, capture: int = events.DEFAULT_CAPTURE_BYTES, **override: int | bytes) -> bytes:
+    values = {**FIELDS, "req_len": len(req), **override}
+    raw = bytearray(http_event_size(capture))
+    packers = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+    for name, (off, size) in events.HTTP_LAYOUT.items():
+        if name in values:
+            struct.pack_into(packers[size], raw, off, values[name])
+    if "comm" in events.HTTP_LAYOUT:
+        off, size = events.HTTP_LAYOUT["comm"]
+        raw[off : off + 5] = b"nginx"
+    conn = events.HTTP_LAYOUT["conn"][0]
+    for name, (off, size) in events.CONN_LAYOUT.items():
+        v = {**CONN, **override}[name]
+        if isinstance(v, bytes):
+            raw[conn + off : conn + off + size] = v
+        else:
+            struct.pack_into(packers[size], raw, conn + off, v)
+    base = events.HTTP_LAYOUT["req"][0]
+    raw[base : base + len(req)] = req
+    return bytes(raw)
+
+
+def test_decode_round_trip() -> None:
+    raw = pack_http()
+    assert len(raw) == http_event_size()
+    for data in (raw, memoryview(raw), bytearray(raw)):
+        ev = decode(data)
+        for name, value in FIELDS.items():
+            if name != "type":
+                assert getattr(ev, name) == value, name
+        for name, value in CONN.items():
+            assert getattr(ev, name) == value, name
+        assert ev.req == REQ
+        if hasattr(ev, "comm"):
+            assert ev.comm == "nginx"
+
+
+def test_decode_other_capture_and_client_role() -> None:
+    req = b"POST /y HTTP/1.0\r\n\r\n" * 40  # 800 bytes
+    raw = pack_http(req, capture=1024, role=events.ROLE_CLIENT)
+    ev = decode(raw, 1024)
+    assert ev.role == events.ROLE_CLIENT and ev.req == req
+    with pytest.raises(DecodeError):
+        decode(raw)  # req_len 800 > the default capture of 512
+
+
+def test_decode_edges() -> None:
+    full = bytes(range(256)) * 2
+    assert decode(pack_http(full)).req == full
+    assert decode(pack_http(b"")).req == b""
+    assert decode(pack_http(start_ns=5, end_ns=5)).end_ns == 5
+
+
+@pytest.mark.parametrize("length", [0, 1, HTTP_HEADER.size - 1])
+def test_decode_rejects_short_records(length: int) -> None:
+    with pytest.raises(DecodeError):
+        decode(pack_http()[:length])
+
+
+def test_decode_rejects_record_shorter_than_req_len() -> None:
+    raw = pack_http(b"A" * 100)
+    with pytest.raises(DecodeError):
+        decode(raw[: HTTP_HEADER.size + 50])
+
+
+@pytest.mark.parametrize("etype", [0, 2, 3, 255])
+def test_decode_rejects_bad_type(etype: int) -> None:
+    with pytest.raises(DecodeError):
+        decode(pack_http(type=etype))
+
+
+@pytest.mark.parametrize("role", [0, 3, 255])
+def test_decode_rejects_bad_role(role: int) -> None:
+    with pytest.raises(DecodeError):
+        decode(pack_http(role=role))
+
+
+@pytest.mark.parametrize("req_len", [events.DEFAULT_CAPTURE_BYTES + 1, 0xFFFFFFFF])
+def test_decode_rejects_req_len_beyond_capture(req_len: int) -> None:
+    with pytest.raises(DecodeError):
+        decode(pack_http(b"", req_len=req_len))
+
+
+def test_decode_rejects_end_before_start() -> None:
+    with pytest.raises(DecodeError):
+        decode(pack_http(start_ns=2_000, end_ns=1_999))
+
+
+# ---- process records, when this version of the contract has them
+
+needs_process = pytest.mark.skipif(not hasattr(events, "decode_process"), reason="no process events")
+
+
+def pack_process(
+    pid: int = 99, comm: bytes = b"curl", filename: bytes = b"/usr/bin/curl\0", args: bytes = b""
+) -> bytes:
+    layout = events.PROCESS_LAYOUT
+    raw = bytearray(events.PROCESS_EVENT.size)
+    raw[layout["type"][0]] = events.EVENT_PROCESS
+    struct.pack_into("<I", raw, layout["pid"][0], pid)
+    struct.pack_into("<I", raw, layout["filename_len"][0], len(filename))
+    struct.pack_into("<I", raw, layout["args_len"][0], len(args))
+    for name, value in (("comm", comm), ("filename", filename), ("args", args)):
+        off = layout[name][0]
+        raw[off : off + len(value)] = value
+    return bytes(raw)
+
+
+@needs_process
+def test_decode_process_round_trip() -> None:
+    ev = events.decode_process(pack_process(args=b"curl\0-s\0http://x/\0"))
+    assert (ev.pid, ev.comm, ev.filename, ev.argv) == (99, "curl", "/usr/bin/curl", ["curl", "-s", "http://x/"])
+
+
+@needs_process
+def test_decode_process_rejects_bad_records() -> None:
+    good = pack_process()
+    with pytest.raises(DecodeError):
+        events.decode_process(good[:-1])
+    with pytest.raises(DecodeError):
+        events.decode_process(bytes([events.EVENT_HTTP]) + good[1:])
+    too_long = bytearray(good)
+    struct.pack_into("<I", too_long, events.PROCESS_LAYOUT["filename_len"][0], events.FILENAME_LEN + 1)
+    with pytest.raises(DecodeError):
+        events.decode_process(bytes(too_long))
+    too_long = bytearray(good)
+    struct.pack_into("<I", too_long, events.PROCESS_LAYOUT["args_len"][0], events.ARGS_LEN + 1)
+    with pytest.raises(DecodeError):
+        events.decode_process(bytes(too_long))
