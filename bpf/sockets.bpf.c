@@ -21,6 +21,10 @@
 #ifndef MAX_TARGETS
 #define MAX_TARGETS 16384
 #endif
+/* Threads that can be inside a traced read/write at once (blocked readers count). */
+#ifndef MAX_THREADS_IN_IO
+#define MAX_THREADS_IN_IO 65536
+#endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 1024
 #endif
@@ -32,6 +36,9 @@
  * trickle is still delivered. Batching wakeups saves an interrupt and a context switch a record. */
 #ifndef WAKEUP_EVERY
 #define WAKEUP_EVERY 64
+#endif
+#if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_NUM) || !defined(OFF_TASK_MM) || !defined(OFF_MM_ARG_START)
+#error "kernel struct offsets (OFF_*) must come from BTF: see otelbpf/kernel_offsets.py"
 #endif
 #define WINDOW_NS 100000000ULL
 #define CAP OTELBPF_CAPTURE_BYTES
@@ -114,7 +121,7 @@ BPF_HASH(targets, u32, u8, MAX_TARGETS);
 /* Executable names (comm) whose new processes become targets (--exe). */
 BPF_HASH(target_comms, struct comm_key, u8, 64);
 /* Syscall arguments saved at sys_enter, by thread id. */
-BPF_HASH(active_io, u64, struct io_args, 16384);
+BPF_HASH(active_io, u64, struct io_args, MAX_THREADS_IN_IO);
 /* connect()'s fd saved at sys_enter, by thread id. */
 BPF_HASH(active_sock_call, u64, u32, 16384);
 /* Per-connection HTTP state, by (tgid, fd). LRU: idle connections fall out first. */
@@ -685,7 +692,8 @@ static __always_inline int save_io(u32 fd, u64 buf, u32 iovcnt, u8 dir)
 	io.iovcnt = iovcnt > MAX_IOV ? MAX_IOV : iovcnt;
 	io.dir = dir;
 	io.enter_ns = bpf_ktime_get_ns();
-	active_io.update(&id, &io);
+	if (active_io.update(&id, &io))
+		count(OTELBPF_STAT_IO_TABLE_FULL);
 	return 0;
 }
 

@@ -165,6 +165,7 @@ class Collector:
             "requests with unparsable heads": self._builder.stats.unparsed_requests,
             "user-memory read faults": kernel.get("read_faults", 0),
             "processes not added (target table full)": kernel.get("targets_full", 0),
+            "syscalls untracked (in-flight table full)": kernel.get("io_table_full", 0),
         }
         return Summary(
             requests_seen=kernel.get("requests", 0),

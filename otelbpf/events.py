@@ -37,6 +37,7 @@ STAT_NAMES: dict[int, str] = {
     4: "orphan_responses",
     5: "read_faults",
     6: "targets_full",
+    7: "io_table_full",
 }
 
 # struct otelbpf_http_event up to req[]; "x" bytes are the explicit _pad fields.

@@ -93,6 +93,7 @@ enum otelbpf_stat {
 	OTELBPF_STAT_ORPHAN_RESPONSES = 4, /* responses with no tracked request (evicted or pre-existing) */
 	OTELBPF_STAT_READ_FAULTS = 5, /* user memory could not be read; capture incomplete */
 	OTELBPF_STAT_TARGETS_FULL = 6, /* a process could not be added to the target table */
+	OTELBPF_STAT_IO_TABLE_FULL = 7, /* a syscall went untracked: too many threads mid-syscall */
 	OTELBPF_STAT_MAX = 8,
 };
 
