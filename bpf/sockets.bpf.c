@@ -28,7 +28,7 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 1024
 #endif
-/* Per-CPU records allowed per 100 ms window; 0 disables the limit. */
+/* Requests traced per 100 ms window, across all CPUs; 0 disables the limit. */
 #ifndef MAX_EVENTS_PER_WINDOW
 #define MAX_EVENTS_PER_WINDOW 0
 #endif
@@ -45,7 +45,8 @@
 #define MAX_IOV 8
 
 enum io_dir { DIR_IN = 1, DIR_OUT = 2 };
-enum conn_state_kind { ST_IDLE = 0, ST_REQUEST = 1, ST_RESPONSE = 2 };
+/* ST_SKIP: a request shed by the rate limit; nothing is done until the next request starts. */
+enum conn_state_kind { ST_IDLE = 0, ST_REQUEST = 1, ST_RESPONSE = 2, ST_SKIP = 3 };
 enum proto { PROTO_UNKNOWN = 0, PROTO_HTTP = 1, PROTO_OTHER = 2 };
 
 struct config {
@@ -111,7 +112,6 @@ struct comm_key {
 struct rate_window {
 	u64 start_ns;
 	u64 used;
-	u64 since_wakeup;
 };
 
 /* Settings written once by user space before attaching. */
@@ -132,8 +132,10 @@ BPF_PERCPU_ARRAY(zero_state, struct conn_state, 1);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
 /* Counters, indexed by enum otelbpf_stat. */
 BPF_PERCPU_ARRAY(stats, u64, OTELBPF_STAT_MAX);
-/* Per-CPU rate-limit window. */
-BPF_PERCPU_ARRAY(rate_map, struct rate_window, 1);
+/* The rate-limit window, shared by all CPUs: one busy worker must get the whole budget. */
+BPF_ARRAY(rate_map, struct rate_window, 1);
+/* Records written per CPU since the consumer was last woken. */
+BPF_PERCPU_ARRAY(wakeup_map, u64, 1);
 /* 0: process_io, 1: check_pipeline. Reached by tail call so each is verified once, not per
  * syscall tracepoint. */
 BPF_PROG_ARRAY(progs, 2);
@@ -415,17 +417,23 @@ static __always_inline void read_addresses(struct conn_state *st, u64 sk)
 	st->addr_known = 1;
 }
 
-static __always_inline int rate_allows(struct rate_window *w, u64 now)
+/* Decide at a request's start whether it is traced, so a shed request costs no parsing at all. */
+static __always_inline int sample_request(u64 now)
 {
 	if (MAX_EVENTS_PER_WINDOW == 0)
 		return 1;
+	u32 zero = 0;
+	struct rate_window *w = rate_map.lookup(&zero);
+	if (!w)
+		return 1;
+	/* Two CPUs may both reset an expired window; admitting a few extra requests is harmless. */
 	if (now - w->start_ns > WINDOW_NS) {
 		w->start_ns = now;
 		w->used = 0;
 	}
 	if (w->used >= MAX_EVENTS_PER_WINDOW)
 		return 0;
-	w->used++;
+	__sync_fetch_and_add(&w->used, 1);
 	return 1;
 }
 
@@ -434,21 +442,22 @@ static __always_inline void emit(struct conn_state *st, u64 now)
 	st->ev.type = OTELBPF_EVENT_HTTP;
 	bpf_get_current_comm(st->ev.comm, sizeof(st->ev.comm));
 	u32 zero = 0;
-	struct rate_window *w = rate_map.lookup(&zero);
-	if (!w)
+	u64 *since = wakeup_map.lookup(&zero);
+	if (!since)
 		return;
-	if (!rate_allows(w, now)) {
-		count(OTELBPF_STAT_SAMPLED_OUT);
-		return;
-	}
 	u64 flags = BPF_RB_NO_WAKEUP;
-	if (++w->since_wakeup >= WAKEUP_EVERY) {
-		w->since_wakeup = 0;
+	if (++*since >= WAKEUP_EVERY) {
+		*since = 0;
 		flags = BPF_RB_FORCE_WAKEUP;
 	}
 	if (events.ringbuf_output(&st->ev, sizeof(st->ev), flags)) {
-		count(OTELBPF_STAT_LOST_RINGBUF_FULL);
-		return;
+		/* Reserving can fail without the ring being full (its lock gives up under contention on
+		 * newer kernels); one retry turns most of those into delivered records. */
+		count(OTELBPF_STAT_RINGBUF_RETRIED);
+		if (events.ringbuf_output(&st->ev, sizeof(st->ev), flags)) {
+			count(OTELBPF_STAT_LOST_RINGBUF_FULL);
+			return;
+		}
 	}
 	count(OTELBPF_STAT_EVENTS);
 }
@@ -479,6 +488,11 @@ static __always_inline void begin_request(struct conn_state *st, struct io_args 
 					  u64 len, u64 ret, u64 now, u32 tid, int method)
 {
 	count(OTELBPF_STAT_REQUESTS);
+	if (!sample_request(now)) {
+		count(OTELBPF_STAT_SAMPLED_OUT);
+		st->state = ST_SKIP;
+		return;
+	}
 	st->state = ST_REQUEST;
 	st->head_req = method == 2;
 	st->ev.flags = 0;
@@ -525,6 +539,11 @@ static __always_inline void after_response(struct conn_state *st, u64 now)
 	if (!m)
 		return;
 	count(OTELBPF_STAT_REQUESTS);
+	if (!sample_request(now)) {
+		count(OTELBPF_STAT_SAMPLED_OUT);
+		st->state = ST_SKIP;
+		return;
+	}
 	st->state = ST_REQUEST;
 	st->head_req = m == 2;
 	st->ev.req_offset = next;
@@ -781,8 +800,13 @@ int process_io(void *ctx)
 	u64 now = bpf_ktime_get_ns();
 	struct conn_key key = {.tgid = id >> 32, .fd = io.fd};
 	struct conn_state *st = conns.lookup(&key);
-	if (st && st->proto == PROTO_OTHER && st->ev.sock_id == io.sk)
-		return 0; /* known non-HTTP connection: ignored cheaply */
+	if (st && st->ev.sock_id == io.sk) {
+		if (st->proto == PROTO_OTHER)
+			return 0; /* known non-HTTP connection: ignored cheaply */
+		u8 resp_dir = st->role == OTELBPF_ROLE_SERVER ? DIR_OUT : DIR_IN;
+		if (st->state == ST_SKIP && io.dir == resp_dir && ret > 0)
+			return 0; /* the response of a shed request: nothing to do */
+	}
 	if (ret <= 0) {
 		if (ret == 0 && io.dir == DIR_IN && st && st->ev.sock_id == io.sk) {
 			/* EOF: the peer is done. A client can finish now; a server may still answer. */

@@ -166,6 +166,7 @@ class Collector:
             "user-memory read faults": kernel.get("read_faults", 0),
             "processes not added (target table full)": kernel.get("targets_full", 0),
             "syscalls untracked (in-flight table full)": kernel.get("io_table_full", 0),
+            "ring-buffer writes retried (then delivered or lost)": kernel.get("ringbuf_retried", 0),
         }
         return Summary(
             requests_seen=kernel.get("requests", 0),

@@ -38,6 +38,7 @@ STAT_NAMES: dict[int, str] = {
     5: "read_faults",
     6: "targets_full",
     7: "io_table_full",
+    8: "ringbuf_retried",
 }
 
 # struct otelbpf_http_event up to req[]; "x" bytes are the explicit _pad fields.

@@ -102,11 +102,10 @@ class ProbeSettings:
             raise ValueError(f"capture bytes must be a power of two >= 64, got {self.capture_bytes}")
         if self.ringbuf_pages < 1 or self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise ValueError(f"ring buffer pages must be a power of two, got {self.ringbuf_pages}")
-        ncpu = os.cpu_count() or 1
-        # The limit is enforced per CPU per 100 ms window, so spread the global rate over both.
+        # The kernel counts requests per 100 ms window across all CPUs.
         per_window = 0
         if self.max_events_per_second > 0:
-            per_window = max(1, -(-self.max_events_per_second // (10 * ncpu)))
+            per_window = max(1, -(-self.max_events_per_second // 10))
         return [
             f"-DOTELBPF_CAPTURE_BYTES={self.capture_bytes}",
             f"-DMAX_CONNECTIONS={self.max_connections}",

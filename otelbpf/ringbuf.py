@@ -7,11 +7,13 @@ and hands the pipeline a batch at a time.
 Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (the only page user space may
 write), page 1 the producer position, then the data pages mapped twice so a record that wraps is
 still contiguous. Each record starts with an 8-byte header: u32 length with BUSY and DISCARD bits,
-and u32 page offset. x86-64 keeps stores in order, so plain loads and stores suffice here.
+and u32 page offset. x86-64 keeps stores in order, so plain loads and stores suffice here, as long as each position is
+read and written with one 8-byte access (see RingBufferReader.__init__).
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import select
 import struct
@@ -20,7 +22,6 @@ BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 def walk_records(
@@ -52,19 +53,26 @@ class RingBufferReader:
         self._consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._data = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._page = page
+        # struct.pack_into stores a '<Q' one byte at a time, and the kernel may read the consumer
+        # position mid-store: a torn value across a carry makes the ring look full. An aligned
+        # 8-byte store through ctypes is one instruction, atomic on x86-64.
+        self._consumer_pos = ctypes.c_uint64.from_buffer(self._consumer)
+        # The data mapping is read-only, so ctypes cannot view it; a native 'Q' memoryview reads the
+        # producer position with one 8-byte load too.
+        self._producer_pos = memoryview(self._data)[:8].cast("Q")
         self._epoll = select.epoll()
         self._epoll.register(fd, select.EPOLLIN)
 
     def pending_bytes(self) -> int:
         """Bytes written by the kernel and not yet consumed."""
-        return _U64.unpack_from(self._data, 0)[0] - _U64.unpack_from(self._consumer, 0)[0]
+        return self._producer_pos[0] - self._consumer_pos.value
 
     def drain(self, limit: int = 65536) -> list[bytes]:
         """Take up to ``limit`` committed records and release their space to the kernel."""
-        cons = _U64.unpack_from(self._consumer, 0)[0]
-        prod = _U64.unpack_from(self._data, 0)[0]
+        cons = self._consumer_pos.value
+        prod = self._producer_pos[0]
         records, cons = walk_records(self._data, self._page, self._size - 1, cons, prod, limit)
-        _U64.pack_into(self._consumer, 0, cons)
+        self._consumer_pos.value = cons
         return records
 
     def wait(self, timeout_s: float) -> None:
@@ -76,6 +84,9 @@ class RingBufferReader:
 
     def close(self) -> None:
         """Unmap the ring."""
+        # Both views pin their mappings; drop them first.
+        del self._consumer_pos
+        self._producer_pos.release()
         self._epoll.close()
         self._data.close()
         self._consumer.close()

@@ -89,12 +89,13 @@ enum otelbpf_stat {
 	OTELBPF_STAT_REQUESTS = 0, /* request starts recognised */
 	OTELBPF_STAT_EVENTS = 1, /* records written to the ring buffer */
 	OTELBPF_STAT_LOST_RINGBUF_FULL = 2, /* records lost: ring buffer full */
-	OTELBPF_STAT_SAMPLED_OUT = 3, /* records shed by the per-CPU rate limit */
+	OTELBPF_STAT_SAMPLED_OUT = 3, /* requests shed by the rate limit, decided at their start */
 	OTELBPF_STAT_ORPHAN_RESPONSES = 4, /* responses with no tracked request (evicted or pre-existing) */
 	OTELBPF_STAT_READ_FAULTS = 5, /* user memory could not be read; capture incomplete */
 	OTELBPF_STAT_TARGETS_FULL = 6, /* a process could not be added to the target table */
 	OTELBPF_STAT_IO_TABLE_FULL = 7, /* a syscall went untracked: too many threads mid-syscall */
-	OTELBPF_STAT_MAX = 8,
+	OTELBPF_STAT_RINGBUF_RETRIED = 8, /* a ring-buffer write failed once and was retried */
+	OTELBPF_STAT_MAX = 16,
 };
 
 #endif /* OTELBPF_EVENTS_H */
