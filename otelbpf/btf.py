@@ -184,9 +184,7 @@ class Btf:
             try:
                 fixed, per = trailing[kind]
             except KeyError:
-                raise BtfError(
-                    f"{self._source}: unknown BTF kind {kind} for type id {len(offsets) + 1}"
-                ) from None
+                raise BtfError(f"{self._source}: unknown BTF kind {kind} for type id {len(offsets) + 1}") from None
             offsets.append(pos)
             if (kind == KIND_STRUCT or kind == KIND_UNION) and name_off:
                 name = strs[name_off : strs.index(b"\0", name_off)].decode()
@@ -327,8 +325,7 @@ class Btf:
                 type_id = self.resolve(member.type_id)
                 if type_id == 0 or self.kind(type_id) not in (KIND_STRUCT, KIND_UNION):
                     raise BtfError(
-                        f"{where}.{'.'.join(parts[:i])} is not a struct or union, "
-                        f"cannot look up {part!r} in it"
+                        f"{where}.{'.'.join(parts[:i])} is not a struct or union, cannot look up {part!r} in it"
                     )
             found = self._find_member(type_id, part)
             if found is None:
@@ -336,9 +333,7 @@ class Btf:
                 note = ""
                 if struct_name in self._duplicate_names:
                     first = self._structs[struct_name]
-                    note = (
-                        f" (several structs are named {struct_name!r}; the first, type id {first}, was used)"
-                    )
+                    note = f" (several structs are named {struct_name!r}; the first, type id {first}, was used)"
                 raise BtfError(f"{container} has no member {part!r}{note}")
             bit_offset += found[0]
             member = found[1]
@@ -349,9 +344,7 @@ class Btf:
         """Byte offset of a possibly nested member ("a.b.c") from the start of ``struct_name``."""
         bit_offset, member = self._lookup(struct_name, member_path)
         if member.bitfield_size or bit_offset % 8 or self._is_int_bitfield(member.type_id):
-            raise BtfError(
-                f"struct {struct_name} member {member_path!r} is a bitfield; it has no byte offset"
-            )
+            raise BtfError(f"struct {struct_name} member {member_path!r} is a bitfield; it has no byte offset")
         return bit_offset // 8
 
     def member_size(self, struct_name: str, member_path: str) -> int:

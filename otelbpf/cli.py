@@ -36,9 +36,21 @@ INT_TUNABLES = [
         20000,
         "shed requests beyond this rate in the kernel, counted; 0: no limit",
     ),
+    (
+        "--min-spans-per-second",
+        "OTELBPF_MIN_SPANS_PER_SECOND",
+        1000,
+        "rate tracing backs off to while the CPUs are saturated (see --no-adaptive)",
+    ),
     ("--capture-bytes", "OTELBPF_CAPTURE_BYTES", 512, "request head bytes kept per request, a power of two"),
     ("--ring-buffer-pages", "OTELBPF_RING_BUFFER_PAGES", 1024, "kernel ring buffer size in pages, a power of two"),
     ("--max-connections", "OTELBPF_MAX_CONNECTIONS", 65536, "connections tracked at once in the kernel"),
+    (
+        "--saturated-cpu-percent",
+        "OTELBPF_SATURATED_CPU_PERCENT",
+        80,
+        "machine CPU busy percentage above which tracing backs off",
+    ),
     ("--nice", "OTELBPF_NICE", 10, "scheduling niceness of the collector, so it yields CPU to the traced apps"),
 ]
 
@@ -143,6 +155,20 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             metavar="N",
             help=f"{text} (env {env_name}; default {default})",
         )
+    tune.add_argument(
+        "--sched-idle",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("OTELBPF_SCHED_IDLE", "true").lower() in ("1", "true", "yes"),
+        help="run the collector under SCHED_IDLE, only on CPU time the applications leave unused; if it falls "
+        "behind, the loss is counted (env OTELBPF_SCHED_IDLE; default on, else --nice applies)",
+    )
+    tune.add_argument(
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        default=env.get("OTELBPF_ADAPTIVE", "true").lower() not in ("0", "false", "no"),
+        help="keep tracing at --max-spans-per-second even while the CPUs are saturated (env OTELBPF_ADAPTIVE=false)",
+    )
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C and flags, exit
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

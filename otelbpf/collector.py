@@ -48,17 +48,17 @@ class Summary:
             f"  events lost:     {self.lost_total}",
         ]
         for reason, n in self.lost.items():
-            lines.append(f"    {reason + ':':<46}{n}")
+            lines.append(f"    {reason + ':':<52} {n}")
         for what, n in self.notes.items():
             if n:
-                lines.append(f"  {what + ':':<48}{n}")
+                lines.append(f"  {what + ':':<54} {n}")
         return "\n".join(lines)
 
 
 # Why an event can be lost, in the words the summary uses.
 LOSS_REASONS = {
     "lost_ringbuf_full": "ring buffer full (collector too slow)",
-    "sampled_out": "shed by rate limit (--max-spans-per-second)",
+    "sampled_out": "shed in the kernel (rate limit, CPUs saturated)",
     "queue_full": "export queue full",
     "export_failed": "export failed after retries",
     "shutdown": "unexported at shutdown",
@@ -78,8 +78,7 @@ class Collector:
         capture_bytes: int,
         poll_interval_s: float = 0.1,
         max_batch: int = 8192,
-        maintenance: Callable[[], None] | None = None,
-        maintenance_interval_s: float = 5.0,
+        periodic: list[tuple[float, Callable[[], None]]] | None = None,
     ) -> None:
         self._source = source
         self._reader = reader
@@ -88,9 +87,11 @@ class Collector:
         self._capture = capture_bytes
         self._poll_s = poll_interval_s
         self._max_batch = max_batch
-        self._maintenance = maintenance
-        self._maintenance_s = maintenance_interval_s
+        # (interval, job): clock refresh, target rescans, the load governor.
+        self._periodic = periodic or []
         self.spans_built = 0
+        # Spans per process since the load governor last looked: which processes to watch.
+        self.active_pids: dict[int, int] = {}
         self.malformed = 0
         self.build_errors = 0
 
@@ -114,6 +115,8 @@ class Collector:
                 continue
             try:
                 spans.append(build(ev))
+                active = self.active_pids
+                active[ev.pid] = active.get(ev.pid, 0) + 1
             except Exception:  # a bug here must cost one span, not the collector
                 self.build_errors += 1
                 self.malformed += 1
@@ -127,7 +130,7 @@ class Collector:
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
         """Loop until ``stop`` is set or the duration passes, then drain what is left."""
         deadline = None if not duration_s else time.monotonic() + duration_s
-        next_maintenance = time.monotonic() + self._maintenance_s
+        due = [time.monotonic() + interval for interval, _ in self._periodic]
         while not stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -136,17 +139,23 @@ class Collector:
             self._reader.wait(wait)
             while self.process_once() >= self._max_batch:
                 pass  # keep up with a burst before sleeping again
-            if self._maintenance and now >= next_maintenance:
-                next_maintenance = now + self._maintenance_s
-                try:
-                    self._maintenance()
-                except Exception:
-                    logger.exception("periodic maintenance failed")
+            for i, (interval, job) in enumerate(self._periodic):
+                if now >= due[i]:
+                    due[i] = now + interval
+                    try:
+                        job()
+                    except Exception:
+                        logger.exception("periodic job %s failed", getattr(job, "__name__", job))
         # Requests that finished just before the stop are still in the ring: take them all.
         while self.process_once():
             pass
 
-    def summary(self, destination: str) -> Summary:
+    def take_active_pids(self, most: int = 16) -> list[int]:
+        """The processes that produced the most spans since the last call (and reset the count)."""
+        active, self.active_pids = self.active_pids, {}
+        return sorted(active, key=active.__getitem__, reverse=True)[:most]
+
+    def summary(self, destination: str, extra_notes: dict[str, int] | None = None) -> Summary:
         """Counters from the kernel, the builder and the queue, put together."""
         kernel = self._source.read_stats()
         qstats = self._queue.stats()
@@ -167,6 +176,7 @@ class Collector:
             "processes not added (target table full)": kernel.get("targets_full", 0),
             "syscalls untracked (in-flight table full)": kernel.get("io_table_full", 0),
             "ring-buffer writes retried (then delivered or lost)": kernel.get("ringbuf_retried", 0),
+            **(extra_notes or {}),
         }
         return Summary(
             requests_seen=kernel.get("requests", 0),

@@ -200,9 +200,7 @@ def _log_partial_success(response: ExportTraceServiceResponse, span_count: int) 
     """Warn (rate-limited) about spans the backend took the request for but rejected."""
     ps = response.partial_success
     if ps.rejected_spans or ps.error_message:
-        _partial_log.warn(
-            "OTLP backend rejected %d of %d spans: %s", ps.rejected_spans, span_count, ps.error_message
-        )
+        _partial_log.warn("OTLP backend rejected %d of %d spans: %s", ps.rejected_spans, span_count, ps.error_message)
 
 
 class GrpcExporter:
@@ -270,9 +268,7 @@ class HttpExporter:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._https:
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._timeout_s, context=self._ssl
-            )
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout_s, context=self._ssl)
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
 
     def export(self, payload: bytes, span_count: int) -> None:
@@ -706,9 +702,7 @@ class ExportQueue(BatchQueue):
         self._max_backoff_s = max_backoff_s
         self._scope_version = scope_version
         self._failing = False
-        super().__init__(
-            max_queue_spans=max_queue_spans, max_batch=max_batch, schedule_delay_s=schedule_delay_s
-        )
+        super().__init__(max_queue_spans=max_queue_spans, max_batch=max_batch, schedule_delay_s=schedule_delay_s)
 
     def _send(self, batch: list[Span]) -> str | None:
         try:

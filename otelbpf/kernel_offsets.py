@@ -30,9 +30,7 @@ def socket_offsets(btf: Btf | None = None) -> dict[str, int]:
     # rather than assumed; check it really is a struct sock_common so the field names mean what we think.
     common_type = btf.resolve(btf.member_type("sock", "__sk_common"))
     if btf.type_name(common_type) != "sock_common":
-        raise BtfError(
-            f"struct sock.__sk_common has type {btf.type_name(common_type)!r}, expected 'sock_common'"
-        )
+        raise BtfError(f"struct sock.__sk_common has type {btf.type_name(common_type)!r}, expected 'sock_common'")
     offsets: dict[str, int] = {}
     for macro, (path, size) in SOCKET_FIELDS.items():
         actual = btf.member_size("sock", path)

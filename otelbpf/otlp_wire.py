@@ -85,8 +85,12 @@ def _resource(resource: Resource) -> bytes:
 
 def _span(s: Span) -> bytes:
     parts = [
-        b"\x0a", _varint(len(s.trace_id)), s.trace_id,
-        b"\x12", _varint(len(s.span_id)), s.span_id,
+        b"\x0a",
+        _varint(len(s.trace_id)),
+        s.trace_id,
+        b"\x12",
+        _varint(len(s.span_id)),
+        s.span_id,
     ]
     if s.trace_state:
         parts.append(_field(3, s.trace_state.encode()))
@@ -94,10 +98,15 @@ def _span(s: Span) -> bytes:
         parts.append(_field(4, s.parent_span_id))
     name = s.name.encode("utf-8", "replace")
     parts += [
-        b"\x2a", _varint(len(name)), name,
-        b"\x30", _varint(int(s.kind)),
-        b"\x39", _fixed64(s.start_ns),
-        b"\x41", _fixed64(s.end_ns),
+        b"\x2a",
+        _varint(len(name)),
+        name,
+        b"\x30",
+        _varint(int(s.kind)),
+        b"\x39",
+        _fixed64(s.start_ns),
+        b"\x41",
+        _fixed64(s.end_ns),
         _attributes(9, s.attributes.items()),
     ]
     if s.status != StatusCode.UNSET or s.status_message:

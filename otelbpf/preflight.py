@@ -30,14 +30,10 @@ def tracefs_root() -> Path:
         if (root / "events").is_dir():
             return root
     # A fresh boot may not have tracefs mounted; bcc needs it to attach tracepoints.
-    subprocess.run(
-        ["mount", "-t", "tracefs", "nodev", str(TRACEFS_CANDIDATES[0])], capture_output=True, check=False
-    )
+    subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS_CANDIDATES[0])], capture_output=True, check=False)
     if (TRACEFS_CANDIDATES[0] / "events").is_dir():
         return TRACEFS_CANDIDATES[0]
-    raise PreflightError(
-        "tracefs is not available (kernel built without CONFIG_TRACING?): cannot attach tracepoints"
-    )
+    raise PreflightError("tracefs is not available (kernel built without CONFIG_TRACING?): cannot attach tracepoints")
 
 
 def check_tracepoints(names: list[str]) -> None:
@@ -45,11 +41,7 @@ def check_tracepoints(names: list[str]) -> None:
     root = tracefs_root() / "events"
     missing = [n for n in names if not (root / n.replace(":", "/") / "format").exists()]
     if missing:
-        hint = (
-            " (syscall tracepoints need CONFIG_FTRACE_SYSCALLS)"
-            if any("syscalls" in m for m in missing)
-            else ""
-        )
+        hint = " (syscall tracepoints need CONFIG_FTRACE_SYSCALLS)" if any("syscalls" in m for m in missing) else ""
         raise PreflightError(f"kernel lacks tracepoint(s) {', '.join(missing)}{hint}")
 
 

@@ -93,7 +93,6 @@ class ProbeSettings:
     capture_bytes: int = 512
     max_connections: int = 65536
     ringbuf_pages: int = 1024
-    max_events_per_second: int = 0  # 0: no in-kernel rate limit
     wakeup_every: int = 64  # records per CPU between consumer wakeups
 
     def cflags(self) -> list[str]:
@@ -102,15 +101,10 @@ class ProbeSettings:
             raise ValueError(f"capture bytes must be a power of two >= 64, got {self.capture_bytes}")
         if self.ringbuf_pages < 1 or self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise ValueError(f"ring buffer pages must be a power of two, got {self.ringbuf_pages}")
-        # The kernel counts requests per 100 ms window across all CPUs.
-        per_window = 0
-        if self.max_events_per_second > 0:
-            per_window = max(1, -(-self.max_events_per_second // 10))
         return [
             f"-DOTELBPF_CAPTURE_BYTES={self.capture_bytes}",
             f"-DMAX_CONNECTIONS={self.max_connections}",
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
-            f"-DMAX_EVENTS_PER_WINDOW={per_window}",
             f"-DWAKEUP_EVERY={self.wakeup_every}",
         ]
 
@@ -157,6 +151,8 @@ class SocketProbes:
         self._targets = self._bpf["targets"]
         self._comms = self._bpf["target_comms"]
         self._config = self._bpf["config_map"]
+        self._self_tgid = 0
+        self._trace_all = False
 
     @property
     def ring_fd(self) -> int:
@@ -170,11 +166,19 @@ class SocketProbes:
 
         return self.settings.ringbuf_pages * mmap.PAGESIZE
 
-    def configure(self, self_tgid: int, trace_all: bool) -> None:
-        """Set who is never traced (otelbpf itself) and whether every process is traced."""
+    def configure(self, self_tgid: int, trace_all: bool, max_per_second: int = 0) -> None:
+        """Set who is never traced (otelbpf itself), whether every process is, and the rate limit."""
+        self._self_tgid = self_tgid
+        self._trace_all = trace_all
+        self.set_rate_limit(max_per_second)
+
+    def set_rate_limit(self, max_per_second: int) -> None:
+        """Requests traced per second at most (0: no limit); the kernel sheds and counts the rest."""
         leaf = self._config.Leaf()
-        leaf.self_tgid = self_tgid
-        leaf.trace_all = 1 if trace_all else 0
+        leaf.self_tgid = self._self_tgid
+        leaf.trace_all = 1 if self._trace_all else 0
+        # The kernel counts per 100 ms window, shared by all CPUs.
+        leaf.max_per_window = 0 if max_per_second <= 0 else max(1, -(-max_per_second // 10))
         self._config[self._config.Key(0)] = leaf
 
     def add_targets(self, pids: set[int] | list[int]) -> None:

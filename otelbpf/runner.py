@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from otelbpf import __version__, preflight
 from otelbpf.btf import BtfError
@@ -22,6 +22,7 @@ from otelbpf.export import (
     queue_settings_from_env,
     resolve_otlp_settings,
 )
+from otelbpf.governor import LoadGovernor
 from otelbpf.kernel_offsets import all_offsets
 from otelbpf.resources import ResourceCache
 from otelbpf.targets import TargetError, TargetSpec, resolve
@@ -50,13 +51,33 @@ def _queue(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[BatchQueue
         exporter = create_exporter(settings)
     except ValueError as exc:
         raise RunError(str(exc)) from exc
-    return ExportQueue(
-        exporter, scope_version=__version__, **qkw
-    ), f"OTLP {settings.protocol} {settings.endpoint}"
+    return ExportQueue(exporter, scope_version=__version__, **qkw), f"OTLP {settings.protocol} {settings.endpoint}"
+
+
+def lower_priority(nice: int, sched_idle: bool) -> None:
+    """Make the collector yield CPU to the traced applications.
+
+    Runs before any thread exists: Linux keeps nice and the scheduling policy per thread, and new
+    threads (the exporter's, gRPC's) inherit them from their creator.
+    """
+    if sched_idle:
+        try:
+            # SCHED_IDLE: run only on CPU time nothing else wants. If the collector then falls behind,
+            # the ring buffer fills and the loss is counted, instead of the applications slowing down.
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:
+            logger.warning("could not switch to SCHED_IDLE (%s); using nice %d", exc, nice)
+            sched_idle = False
+    if nice and not sched_idle:
+        try:
+            os.nice(nice)
+        except OSError as exc:
+            logger.warning("could not lower the collector's priority: %s", exc)
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run until stopped; return the exit code."""
+    lower_priority(args.nice, args.sched_idle)
     from otelbpf.probes import (
         TRACEPOINTS,
         ProbeError,
@@ -70,7 +91,6 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         capture_bytes=args.capture_bytes,
         max_connections=args.max_connections,
         ringbuf_pages=args.ring_buffer_pages,
-        max_events_per_second=args.max_spans_per_second,
     )
     try:
         settings.cflags()
@@ -107,24 +127,39 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if not spec.trace_all:
             probes.add_target_comms(spec.exes)
             probes.add_targets(pids)
-        probes.configure(self_pid, trace_all=spec.trace_all)
+        probes.configure(self_pid, trace_all=spec.trace_all, max_per_second=args.max_spans_per_second)
         reader = RingBufferReader(probes.ring_fd, probes.ring_size)
         builder = SpanBuilder(ResourceCache(env), ClockMap(), capture_query=args.capture_query)
 
-        def maintenance() -> None:
+        def refresh() -> None:
             builder.clock.maybe_refresh()
-            if spec.ports or spec.pids or spec.exes:
-                # Listeners that appeared since the start (--port) join; the kernel adds exec/fork.
-                fresh = resolve(TargetSpec(ports=spec.ports)) if spec.ports else set()
+            if spec.ports:
+                # Listeners that appeared since the start join; the kernel adds exec and fork.
+                fresh = resolve(TargetSpec(ports=spec.ports))
                 if fresh:
                     probes.add_targets(fresh)
 
-        collector = Collector(probes, reader, builder, queue, settings.capture_bytes, maintenance=maintenance)
-        if args.nice:
+        periodic: list[tuple[float, Callable[[], None]]] = [(5.0, refresh)]
+        governor = None
+        if args.adaptive:
             try:
-                os.nice(args.nice)
-            except OSError:
-                logger.debug("could not lower the collector's priority")
+                governor = LoadGovernor(
+                    probes.set_rate_limit,
+                    args.max_spans_per_second,
+                    args.min_spans_per_second,
+                    saturated=args.saturated_cpu_percent / 100,
+                )
+            except ValueError as exc:
+                raise RunError(str(exc)) from exc
+            last = {"events": 0}
+
+            def govern() -> None:
+                events_now = probes.read_stats()["events"]
+                governor.tick(events_now - last["events"], collector.take_active_pids())
+                last["events"] = events_now
+
+            periodic.append((1.0, govern))
+        collector = Collector(probes, reader, builder, queue, settings.capture_bytes, periodic=periodic)
         stop = threading.Event()
         from otelbpf.cli import install_signal_handlers
 
@@ -138,7 +173,13 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         collector.run(stop, args.duration or None)
         # Every finished span goes out before the summary, bounded so a dead backend cannot hang exit.
         queue.shutdown(timeout_s=10.0)
-        summary = collector.summary(destination)
+        notes = {}
+        if governor is not None:
+            notes = {
+                "seconds traced at a reduced rate (CPUs saturated)": governor.stats.seconds_reduced,
+                "lowest rate applied (requests/s)": governor.stats.lowest_limit,
+            }
+        summary = collector.summary(destination, notes)
         print(summary.format(), file=sys.stderr, flush=True)
     finally:
         probes.close()
