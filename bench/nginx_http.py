@@ -1022,13 +1022,14 @@ def main() -> int:
         "after), summed over the tracepoint programs otelbpf loaded; it counts every run, including syscalls "
         "of wrk and other processes that the programs filter out early. Enabling the statistics itself adds a "
         "little to each run.",
-        "otelbpf ran with its defaults (--nice 10, --max-spans-per-second 20000, --min-spans-per-second 1000, "
+        "otelbpf ran with its defaults (--sched-idle, --max-spans-per-second 20000, --min-spans-per-second 1000, "
         "adaptive)"
         + (f" plus {' '.join(args.otelbpf_args)}." if args.otelbpf_args else "."),
         f"The in-kernel rate limit ({DEFAULT_MAX_SPANS:,} requests/s by default) counts per 100 ms window across "
-        "all CPUs. While the machine's CPUs are more than 90 % busy, the collector's load governor lowers it each "
-        "second towards --min-spans-per-second (1,000 by default) and raises it again once they are below 80 %; "
-        "what it sheds is counted as lost.",
+        "all CPUs. While the machine's CPUs, or a traced process's own CPUs, are at least 80 % busy, the "
+        "collector's load governor divides it by four each second, down to --min-spans-per-second (1,000 by "
+        "default). It doubles it again each second once both are below 65 %. The collector runs under "
+        "SCHED_IDLE. What is shed is counted as lost.",
         "CPU of processes outside the benchmark = the machine's user+nice+system time minus that of nginx, wrk, "
         "the collector and the receiver (interrupt and softirq time left out on both sides); high values mark "
         "windows disturbed by other work on the machine.",
