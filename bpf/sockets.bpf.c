@@ -28,10 +28,6 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 1024
 #endif
-/* Requests traced per 100 ms window, across all CPUs; 0 disables the limit. */
-#ifndef MAX_EVENTS_PER_WINDOW
-#define MAX_EVENTS_PER_WINDOW 0
-#endif
 /* Wake the consumer once per this many records per CPU; it also polls on a timer, so a quiet
  * trickle is still delivered. Batching wakeups saves an interrupt and a context switch a record. */
 #ifndef WAKEUP_EVERY
@@ -52,6 +48,9 @@ enum proto { PROTO_UNKNOWN = 0, PROTO_HTTP = 1, PROTO_OTHER = 2 };
 struct config {
 	u32 self_tgid; /* never trace otelbpf itself: its export traffic would feed back */
 	u32 trace_all; /* 1: every process; 0 (the default until configured): only tgids in `targets` */
+	/* Requests traced per 100 ms window across all CPUs; 0: no limit. User space lowers it while
+	 * the CPUs are saturated, so tracing yields to the traced applications. */
+	u64 max_per_window;
 };
 
 /* A syscall in flight on one thread, from sys_enter to sys_exit. */
@@ -420,9 +419,11 @@ static __always_inline void read_addresses(struct conn_state *st, u64 sk)
 /* Decide at a request's start whether it is traced, so a shed request costs no parsing at all. */
 static __always_inline int sample_request(u64 now)
 {
-	if (MAX_EVENTS_PER_WINDOW == 0)
-		return 1;
 	u32 zero = 0;
+	struct config *cfg = config_map.lookup(&zero);
+	if (!cfg || cfg->max_per_window == 0)
+		return 1;
+	u64 limit = cfg->max_per_window;
 	struct rate_window *w = rate_map.lookup(&zero);
 	if (!w)
 		return 1;
@@ -431,7 +432,7 @@ static __always_inline int sample_request(u64 now)
 		w->start_ns = now;
 		w->used = 0;
 	}
-	if (w->used >= MAX_EVENTS_PER_WINDOW)
+	if (w->used >= limit)
 		return 0;
 	__sync_fetch_and_add(&w->used, 1);
 	return 1;
