@@ -36,9 +36,9 @@ def tracefs_root() -> Path:
     raise PreflightError("tracefs is not available (kernel built without CONFIG_TRACING?): cannot attach tracepoints")
 
 
-def check_tracepoints(names: list[str]) -> None:
+def check_tracepoints(names: list[str], root: Path | None = None) -> None:
     """Every tracepoint the probes attach to exists in this kernel."""
-    root = tracefs_root() / "events"
+    root = (root or tracefs_root()) / "events"
     missing = [n for n in names if not (root / n.replace(":", "/") / "format").exists()]
     if missing:
         hint = " (syscall tracepoints need CONFIG_FTRACE_SYSCALLS)" if any("syscalls" in m for m in missing) else ""
@@ -51,9 +51,9 @@ def check_btf(path: str = DEFAULT_VMLINUX_BTF) -> None:
         raise PreflightError(f"kernel BTF not found at {path} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")
 
 
-def check_kernel_headers() -> None:
+def check_kernel_headers(modules: Path = Path("/lib/modules"), release: str | None = None) -> None:
     """bcc compiles at run time against /lib/modules/$(uname -r)/build."""
-    build = Path("/lib/modules") / os.uname().release / "build"
+    build = modules / (release or os.uname().release) / "build"
     if not (build / "include").is_dir():
         raise PreflightError(
             f"kernel headers not found at {build}: install them, or run 'make setup', which links the "
