@@ -87,15 +87,12 @@ struct conn_key {
 	u32 fd;
 };
 
-enum scan_mode { SCAN_NAME = 0, SCAN_VALUE = 1, SCAN_LINE_START = 2, SCAN_BLANK_CR = 3 };
-
 struct scan_state {
-	u64 h; /* hash of the header name so far */
 	s64 cl; /* Content-Length, -1 when absent */
-	u32 mode;
-	u32 which; /* 1: in Content-Length, 2: in Transfer-Encoding */
+	u32 cl_pos; /* where the Content-Length value starts, 0 when no such header */
 	u32 end; /* offset just past the blank line, 0 when not within the buffer */
 	u32 chunked;
+	u32 _pad;
 };
 
 struct scratch {
@@ -266,76 +263,82 @@ static __always_inline u16 parse_status(const char *p)
 	return a * 100 + b * 10 + c;
 }
 
-/* 64-bit FNV-1a over lower-cased header names, compared against these precomputed values
- * (tests/unit/test_bpf_source.py recomputes them). */
-#define HASH_SEED 0xcbf29ce484222325ULL
-#define HASH_PRIME 0x100000001b3ULL
-#define HASH_CONTENT_LENGTH 0x2d69a1e6ee916e7dULL /* "content-length" */
-#define HASH_TRANSFER_ENCODING 0x8640bd735e9d802cULL /* "transfer-encoding" */
 
 /* Keep a value opaque to the compiler so it cannot fold the bounds mask away. */
 #define barrier_var(v) asm volatile("" : "+r"(v))
 
+/* "content-" and "length:" (7 bytes), "transfer" and "-encodin", as little-endian words. */
+#define W_CONTENT_ 0x2d746e65746e6f63ULL
+#define W_LENGTH_ 0x003a6874676e656cULL
+#define W_TRANSFER 0x726566736e617274ULL
+#define W__ENCODIN 0x6e69646f636e652dULL
+#define LOWER_8 0x2020202020202020ULL
+#define LOW_7 0x00ffffffffffffffULL
+
 /* One pass over the header block at the start of s->buf: where it ends, Content-Length,
- * Transfer-Encoding. The parser's state lives in map memory (volatile), not registers: each loop
- * iteration then ends in the same verifier state, so verification stays linear in CAP. */
+ * Transfer-Encoding. The byte loop only looks for line ends; at a line start two 8-byte words
+ * are compared with the two header names that matter (lower-cased with | 0x20). Results go to
+ * map memory (volatile), so every iteration ends in the same verifier state. */
 static __always_inline void scan_head(struct scratch *s, u32 len)
 {
 	volatile struct scan_state *ss = &s->ss;
 	/* Hide len's range from clang: knowing len < CAP it would drop the constant bound, and the
 	 * verifier needs that bound to see the loop end. */
 	barrier_var(len);
-	ss->h = HASH_SEED;
 	ss->cl = -1;
-	ss->mode = SCAN_NAME;
-	ss->which = 0;
 	ss->end = 0;
 	ss->chunked = 0;
+	ss->cl_pos = 0;
 	for (u32 i = 0; i < CAP; i++) {
-		if (i >= len || ss->end)
+		if (i >= len)
 			break;
 		u32 idx = i;
 		barrier_var(idx);
-		u8 c = s->buf[idx & (2 * CAP - 1)];
-		u32 mode = ss->mode;
-		if (mode == SCAN_VALUE) {
-			if (c == '\n') {
-				ss->mode = SCAN_LINE_START;
-				ss->h = HASH_SEED;
-			} else if (ss->which == 1 && c >= '0' && c <= '9') {
-				s64 cl = ss->cl;
-				ss->cl = (cl < 0 ? 0 : cl * 10) + (c - '0');
-			}
+		if (s->buf[idx & (2 * CAP - 1)] != '\n')
 			continue;
-		}
-		if (mode == SCAN_LINE_START || mode == SCAN_BLANK_CR) {
-			/* An empty line ends the header block. */
-			if (c == '\n') {
-				ss->end = i + 1;
-				break;
-			}
-			if (c == '\r') {
-				ss->mode = SCAN_BLANK_CR;
-				continue;
-			}
-			ss->mode = SCAN_NAME;
-		}
+		u32 j = idx + 1; /* a line starts here */
+		u8 c = s->buf[j & (2 * CAP - 1)];
 		if (c == '\n') {
-			ss->mode = SCAN_LINE_START; /* a line without ':' (request or status line) */
-			ss->h = HASH_SEED;
-			continue;
+			ss->end = j + 1;
+			break;
 		}
-		if (c == ':') {
-			u64 h = ss->h;
-			u32 which = h == HASH_CONTENT_LENGTH ? 1 : (h == HASH_TRANSFER_ENCODING ? 2 : 0);
-			ss->which = which;
-			if (which == 2)
-				ss->chunked = 1;
-			ss->mode = SCAN_VALUE;
-			continue;
+		if (c == '\r') {
+			ss->end = j + 2; /* the blank line is "\r\n" */
+			break;
 		}
-		ss->h = (ss->h ^ (u8)(c | 0x20)) * HASH_PRIME;
+		c |= 0x20;
+		if ((c != 'c' && c != 't') || j + 16 > len)
+			continue;
+		u64 w0 = 0, w1 = 0;
+		bpf_probe_read_kernel(&w0, sizeof(w0), &s->buf[j & (2 * CAP - 1)]);
+		bpf_probe_read_kernel(&w1, sizeof(w1), &s->buf[(j + 8) & (2 * CAP - 1)]);
+		w0 |= LOWER_8;
+		w1 |= LOWER_8;
+		if (w0 == W_CONTENT_ && (w1 & LOW_7) == W_LENGTH_)
+			ss->cl_pos = j + 15;
+		else if (w0 == W_TRANSFER && w1 == W__ENCODIN)
+			ss->chunked = 1;
 	}
+	u32 p = ss->cl_pos;
+	if (!p)
+		return;
+	/* The Content-Length value: optional blanks, then digits. */
+	s64 v = 0;
+	u32 digits = 0;
+	for (u32 k = 0; k < 24; k++) {
+		u32 q = p + k;
+		if (q >= len)
+			break;
+		u8 d = s->buf[q & (2 * CAP - 1)];
+		if ((d == ' ' || d == '\t') && !digits)
+			continue;
+		if (d < '0' || d > '9')
+			break;
+		v = v * 10 + (d - '0');
+		digits++;
+	}
+	if (digits)
+		ss->cl = v;
 }
 
 /* The user address and length of the first segment of this syscall's data. */

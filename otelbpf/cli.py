@@ -51,6 +51,12 @@ INT_TUNABLES = [
         80,
         "machine CPU busy percentage above which tracing backs off",
     ),
+    (
+        "--max-collector-cpu-percent",
+        "OTELBPF_MAX_COLLECTOR_CPU_PERCENT",
+        15,
+        "on a busy machine, collector CPU (percent of one CPU) above which tracing backs off",
+    ),
     ("--nice", "OTELBPF_NICE", 10, "scheduling niceness of the collector, so it yields CPU to the traced apps"),
 ]
 

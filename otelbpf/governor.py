@@ -2,11 +2,13 @@
 
 The collector's CPU and the kernel's per-request work are taken from the machine the applications
 run on. When the machine has idle CPU, every request is traced (up to --max-spans-per-second).
-Saturated means either of:
-- the machine's CPUs are --saturated-cpu-percent busy (80 by default), or
+Saturated means any of:
+- the machine's CPUs are --saturated-cpu-percent busy (80 by default);
 - a traced process is CPU-bound: it uses that share of the CPUs it can use (its threads, at most
-  every CPU). This is the usual case: a single-threaded server at full load pins one core while the
-  machine still shows idle time, and the kernel's per-request work runs on that very core.
+  every CPU). A single-threaded server at full load pins one core while the machine still shows
+  idle time, and the kernel's per-request work runs on that very core;
+- the machine is fairly busy (20 points below that threshold) and tracing itself is expensive: the
+  collector uses more than --max-collector-cpu-percent of one CPU (15 by default).
 While saturated, tracing backs off towards --min-spans-per-second, dividing by four each second; it
 comes back by doubling each second once both measures are 15 points below the threshold. Everything shed is
 counted in the kernel and reported as lost with its reason.
@@ -108,6 +110,8 @@ class LoadGovernor:
         relaxed: float | None = None,
         cpu_times: Callable[[], tuple[int, int]] = read_cpu_times,
         process_load: ProcessLoad | None = None,
+        collector_cpu: float = 0.15,
+        own_load: Callable[[], float] | None = None,
     ) -> None:
         if min_rate <= 0:
             raise ValueError(f"the minimum trace rate must be positive, got {min_rate}")
@@ -123,6 +127,15 @@ class LoadGovernor:
         self._cpu_times = cpu_times
         self._last = cpu_times()
         self._process_load = process_load or ProcessLoad()
+        self._collector_cpu = collector_cpu
+        if own_load is None:
+            own = ProcessLoad(ncpu=1)  # share of one CPU, whatever the thread count
+            pid = os.getpid()
+
+            def own_load() -> float:
+                return own.busiest([pid])
+
+        self._own_load = own_load
         self.limit = max_rate  # UNLIMITED (0) means no limit
         self.stats = GovernorStats()
         apply(self.limit)
@@ -141,16 +154,21 @@ class LoadGovernor:
         if machine is None:
             return
         app = self._process_load.busiest(active_pids)
+        own = self._own_load()
         busy = max(machine, app)
+        # Expensive tracing on a fairly busy machine: the CPU the collector takes is the apps' to lose.
+        costly = machine >= self._saturated - 0.20 and own > self._collector_cpu
         logger.debug(
-            "governor: machine %.0f%% busy, busiest traced process %.0f%%, %d requests/s traced, limit %d",
+            "governor: machine %.0f%% busy, busiest traced process %.0f%%, collector %.0f%% of a CPU, "
+            "%d requests/s traced, limit %d",
             machine * 100,
             app * 100,
+            own * 100,
             traced_per_second,
             self.limit,
         )
         new = self.limit
-        if busy >= self._saturated:
+        if busy >= self._saturated or costly:
             # Cut from what is actually traced, not from the limit: an unused limit protects nothing.
             current = traced_per_second if self.limit == UNLIMITED else min(self.limit, traced_per_second)
             new = max(self._min, int(current / 4))
@@ -162,9 +180,11 @@ class LoadGovernor:
         if new != self.limit:
             if self.limit == self._max:
                 logger.info(
-                    "CPUs saturated (machine %.0f%%, busiest traced process %.0f%%): tracing at most %d requests/s",
+                    "CPUs saturated (machine %.0f%%, busiest traced process %.0f%%, collector %.0f%% of a CPU): "
+                    "tracing at most %d requests/s",
                     machine * 100,
                     app * 100,
+                    own * 100,
                     new,
                 )
             self.limit = new

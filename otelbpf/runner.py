@@ -148,6 +148,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                     args.max_spans_per_second,
                     args.min_spans_per_second,
                     saturated=args.saturated_cpu_percent / 100,
+                    collector_cpu=args.max_collector_cpu_percent / 100,
                 )
             except ValueError as exc:
                 raise RunError(str(exc)) from exc

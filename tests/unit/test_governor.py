@@ -23,7 +23,8 @@ class FakeCpu:
 def make(max_rate: int = 20000, min_rate: int = 1000) -> tuple[LoadGovernor, FakeCpu, list[int]]:
     cpu, applied = FakeCpu(), []
     idle_apps = ProcessLoad(read=lambda pid: None)
-    return LoadGovernor(applied.append, max_rate, min_rate, cpu_times=cpu, process_load=idle_apps), cpu, applied
+    gov = LoadGovernor(applied.append, max_rate, min_rate, cpu_times=cpu, process_load=idle_apps, own_load=lambda: 0.05)
+    return gov, cpu, applied
 
 
 def test_starts_at_the_maximum_and_leaves_idle_machines_alone() -> None:
@@ -102,7 +103,14 @@ def test_cpu_bound_traced_process_backs_off_on_an_idle_machine() -> None:
     cpu = FakeCpu()
     app = FakeLoad(0.97)
     applied: list[int] = []
-    gov = LoadGovernor(applied.append, 20000, 1000, cpu_times=cpu, process_load=app)  # type: ignore[arg-type]
+    gov = LoadGovernor(
+        applied.append,
+        20000,
+        1000,
+        cpu_times=cpu,
+        process_load=app,
+        own_load=lambda: 0.05,  # type: ignore[arg-type]
+    )
     cpu.advance(0.6)
     gov.tick(20000, [42])
     assert applied == [20000, 5000]
@@ -135,3 +143,15 @@ def test_reads_a_real_busy_process() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_expensive_tracing_on_a_busy_machine_backs_off() -> None:
+    cpu, applied, own = FakeCpu(), [], [0.30]
+    gov = LoadGovernor(applied.append, 20000, 1000, cpu_times=cpu, process_load=FakeLoad(0.5), own_load=lambda: own[0])  # type: ignore[arg-type]
+    cpu.advance(0.72)  # busy, but below the 80 % threshold
+    gov.tick(20000, [1])
+    assert applied == [20000, 5000]
+    own[0] = 0.30
+    cpu.advance(0.30)  # the same collector cost on a quiet machine is fine
+    gov.tick(5000, [1])
+    assert applied == [20000, 5000, 10000]
