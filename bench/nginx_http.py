@@ -1026,10 +1026,11 @@ def main() -> int:
         "adaptive)"
         + (f" plus {' '.join(args.otelbpf_args)}." if args.otelbpf_args else "."),
         f"The in-kernel rate limit ({DEFAULT_MAX_SPANS:,} requests/s by default) counts per 100 ms window across "
-        "all CPUs. While the machine's CPUs, or a traced process's own CPUs, are at least 80 % busy, the "
-        "collector's load governor divides it by four each second, down to --min-spans-per-second (1,000 by "
-        "default). It doubles it again each second once both are below 65 %. The collector runs under "
-        "SCHED_IDLE. What is shed is counted as lost.",
+        "all CPUs. While the machine's CPUs, or a traced process's own CPUs, are at least 80 % busy, or the "
+        "machine is at least 60 % busy and the collector uses more than 15 % of a CPU, the collector's load "
+        "governor divides it by four each second, down to --min-spans-per-second (1,000 by default). It doubles "
+        "it again each second once both CPU measures are below 65 %. The collector runs under SCHED_IDLE. "
+        "What is shed is counted as lost.",
         "CPU of processes outside the benchmark = the machine's user+nice+system time minus that of nginx, wrk, "
         "the collector and the receiver (interrupt and softirq time left out on both sides); high values mark "
         "windows disturbed by other work on the machine.",
