@@ -488,27 +488,36 @@ static __always_inline void capture_append(struct conn_state *st, u64 addr, u64 
 	st->ev.req_len = off + n;
 }
 
-static __always_inline void begin_request(struct conn_state *st, struct io_args *io, u64 addr,
-					  u64 len, u64 ret, u64 now, u32 tid, int method)
+/* A request starts: count it, decide whether it is traced, and reset the per-request fields.
+ * Returns 0 when the rate limit sheds it (the connection then waits for the next request). */
+static __always_inline int start_request(struct conn_state *st, u64 now, int method, u8 flags)
 {
 	count(OTELBPF_STAT_REQUESTS);
 	if (!sample_request(now)) {
 		count(OTELBPF_STAT_SAMPLED_OUT);
 		st->state = ST_SKIP;
-		return;
+		return 0;
 	}
 	st->state = ST_REQUEST;
 	st->head_req = method == 2;
-	st->ev.flags = 0;
+	st->ev.flags = flags;
 	st->ev.status = 0;
-	st->ev.req_offset = 0;
-	st->ev.req_len = 0;
-	st->ev.tid = tid;
 	st->ev.bytes_in = 0;
 	st->ev.bytes_out = 0;
 	st->body_left = -1;
 	st->chunked = 0;
 	st->tail = 0;
+	return 1;
+}
+
+static __always_inline void begin_request(struct conn_state *st, struct io_args *io, u64 addr,
+					  u64 len, u64 ret, u64 now, u32 tid, int method)
+{
+	if (!start_request(st, now, method, 0))
+		return;
+	st->ev.req_offset = 0;
+	st->ev.req_len = 0;
+	st->ev.tid = tid;
 	/* A server's request begins when its bytes arrive; a client's when it starts sending. */
 	st->ev.start_ns = st->role == OTELBPF_ROLE_SERVER ? now : io->enter_ns;
 	st->ev.end_ns = now;
@@ -540,24 +549,9 @@ static __always_inline void after_response(struct conn_state *st, u64 now)
 	char peek[8] = {};
 	bpf_probe_read_kernel(peek, sizeof(peek), &st->ev.req[next & (CAP - 1)]);
 	int m = is_method_start(peek);
-	if (!m)
+	if (!m || !start_request(st, now, m, OTELBPF_HTTP_PIPELINED))
 		return;
-	count(OTELBPF_STAT_REQUESTS);
-	if (!sample_request(now)) {
-		count(OTELBPF_STAT_SAMPLED_OUT);
-		st->state = ST_SKIP;
-		return;
-	}
-	st->state = ST_REQUEST;
-	st->head_req = m == 2;
 	st->ev.req_offset = next;
-	st->ev.flags = OTELBPF_HTTP_PIPELINED;
-	st->ev.status = 0;
-	st->ev.bytes_in = 0;
-	st->ev.bytes_out = 0;
-	st->body_left = -1;
-	st->chunked = 0;
-	st->tail = 0;
 	/* The request was read with its predecessor; it starts when its turn to be served comes. */
 	st->ev.start_ns = now;
 }
