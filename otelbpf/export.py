@@ -42,71 +42,25 @@ _USER_AGENT = f"otelbpf/{__version__}"
 # Encoding
 # --------------------------------------------------------------------------------------------------
 
-# Attribute (key, value) pairs repeat heavily (method, status code, server.address ...). Reusing a
-# prebuilt KeyValue is ~2x faster than constructing one; the cache is cleared when full so one-off
-# values (URL paths with ids) cannot grow it without bound. Dict operations are atomic under the GIL,
-# so concurrent encoders at worst rebuild an entry.
-_KV_CACHE_MAX = 4096
-_kv_cache: dict[tuple[Any, ...], KeyValue] = {}
-_RESOURCE_CACHE_MAX = 256
-_resource_cache: dict[tuple[Any, ...], PbResource] = {}
+# The hot path encodes with otlp_wire (hand-written wire format). encode_request builds the same
+# request with the generated classes: the readable reference the tests compare otlp_wire against.
 
 
 def _any_value(value: AttributeValue) -> AnyValue:
     """Map one Python attribute value to an OTLP AnyValue."""
-    t = type(value)
-    if t is str:
-        return AnyValue(string_value=value)
     # bool before int: bool is an int subclass and must stay a bool on the wire.
-    if t is bool:
-        return AnyValue(bool_value=value)
-    if t is int:
-        return AnyValue(int_value=value)
-    if t is float:
-        return AnyValue(double_value=value)
-    # Subclasses (IntEnum, str enums) and anything unexpected: same order, then fall back to text.
     if isinstance(value, bool):
-        return AnyValue(bool_value=bool(value))
+        return AnyValue(bool_value=value)
     if isinstance(value, int):
-        return AnyValue(int_value=int(value))
+        return AnyValue(int_value=value)
     if isinstance(value, float):
-        return AnyValue(double_value=float(value))
+        return AnyValue(double_value=value)
     return AnyValue(string_value=str(value))
 
 
 def _key_values(items: Any) -> list[KeyValue]:
-    """Convert (key, value) pairs to KeyValue messages, reusing cached ones."""
-    cache = _kv_cache
-    out = []
-    for k, v in items:
-        t = type(v)
-        if t is float:
-            # Floats are rarely repeated, and -0.0 == 0.0 would alias in the cache.
-            out.append(KeyValue(key=k, value=AnyValue(double_value=v)))
-            continue
-        # True == 1 (same hash), so non-strings carry their type in the key; a str never equals a number.
-        key = (k, v) if t is str else (k, v, t)
-        kv = cache.get(key)
-        if kv is None:
-            kv = KeyValue(key=k, value=_any_value(v))
-            if len(cache) >= _KV_CACHE_MAX:
-                cache.clear()
-            cache[key] = kv
-        out.append(kv)
-    return out
-
-
-def _pb_resource(resource: Resource) -> PbResource:
-    """Return the (cached) protobuf form of a Resource."""
-    # Typed key for the same reason as in _key_values: Resource(("a", True)) == Resource(("a", 1)).
-    key = (resource, tuple(type(v) for _, v in resource.attributes))
-    pb = _resource_cache.get(key)
-    if pb is None:
-        pb = PbResource(attributes=_key_values(resource.attributes))
-        if len(_resource_cache) >= _RESOURCE_CACHE_MAX:
-            _resource_cache.clear()
-        _resource_cache[key] = pb
-    return pb
+    """Convert (key, value) pairs to KeyValue messages."""
+    return [KeyValue(key=k, value=_any_value(v)) for k, v in items]
 
 
 def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServiceRequest:
@@ -123,7 +77,7 @@ def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServ
     scope = InstrumentationScope(name=SCOPE_NAME, version=scope_version)
     unset = StatusCode.UNSET
     for resource, group in by_resource.items():
-        rs = request.resource_spans.add(resource=_pb_resource(resource))
+        rs = request.resource_spans.add(resource=PbResource(attributes=_key_values(resource.attributes)))
         # repeated.add(**kwargs) avoids building a temporary Span and copying it in.
         add = rs.scope_spans.add(scope=scope).spans.add
         for s in group:
