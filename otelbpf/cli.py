@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 
 from otelbpf import __version__
@@ -71,6 +69,17 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"otelbpf: error: {name}={value!r} is not an integer") from None
 
 
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"otelbpf: error: {name}={value!r} is not a boolean (true or false)")
+
+
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The argument parser; defaults come from the environment where one applies."""
     env = os.environ if env is None else env
@@ -129,7 +138,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     out.add_argument(
         "--capture-query",
         action="store_true",
-        default=env.get("OTELBPF_CAPTURE_QUERY", "").lower() in ("1", "true", "yes"),
+        default=_env_bool(env, "OTELBPF_CAPTURE_QUERY", False),
         help="export url.query (off by default: query strings often carry secrets)",
     )
     out.add_argument(
@@ -164,7 +173,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     tune.add_argument(
         "--sched-idle",
         action=argparse.BooleanOptionalAction,
-        default=env.get("OTELBPF_SCHED_IDLE", "true").lower() in ("1", "true", "yes"),
+        default=_env_bool(env, "OTELBPF_SCHED_IDLE", True),
         help="run the collector under SCHED_IDLE, only on CPU time the applications leave unused; if it falls "
         "behind, the loss is counted (env OTELBPF_SCHED_IDLE; default on, else --nice applies)",
     )
@@ -172,7 +181,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--no-adaptive",
         dest="adaptive",
         action="store_false",
-        default=env.get("OTELBPF_ADAPTIVE", "true").lower() not in ("0", "false", "no"),
+        default=_env_bool(env, "OTELBPF_ADAPTIVE", True),
         help="keep tracing at --max-spans-per-second even while the CPUs are saturated (env OTELBPF_ADAPTIVE=false)",
     )
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C and flags, exit
@@ -197,16 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGINT and SIGTERM ask the run loop to flush and stop."""
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -91,7 +92,7 @@ class Collector:
         self._periodic = periodic or []
         self.spans_built = 0
         # Spans per process since the load governor last looked: which processes to watch.
-        self.active_pids: dict[int, int] = {}
+        self.active_pids: Counter[int] = Counter()
         self.malformed = 0
         self.build_errors = 0
 
@@ -101,6 +102,7 @@ class Collector:
         if not records:
             return 0
         spans = []
+        pids = []
         build = self._builder.build
         for raw in records:
             try:
@@ -115,8 +117,7 @@ class Collector:
                 continue
             try:
                 spans.append(build(ev))
-                active = self.active_pids
-                active[ev.pid] = active.get(ev.pid, 0) + 1
+                pids.append(ev.pid)
             except Exception:  # a bug here must cost one span, not the collector
                 self.build_errors += 1
                 self.malformed += 1
@@ -124,6 +125,7 @@ class Collector:
                     logger.exception("failed to build a span from a kernel record")
         if spans:
             self.spans_built += len(spans)
+            self.active_pids.update(pids)  # counted in C, once per batch
             self._queue.submit(spans)
         return len(records)
 
@@ -152,8 +154,8 @@ class Collector:
 
     def take_active_pids(self, most: int = 16) -> list[int]:
         """The processes that produced the most spans since the last call (and reset the count)."""
-        active, self.active_pids = self.active_pids, {}
-        return sorted(active, key=active.__getitem__, reverse=True)[:most]
+        active, self.active_pids = self.active_pids, Counter()
+        return [pid for pid, _ in active.most_common(most)]
 
     def summary(self, destination: str, extra_notes: dict[str, int] | None = None) -> Summary:
         """Counters from the kernel, the builder and the queue, put together."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -52,6 +53,16 @@ def _queue(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[BatchQueue
     except ValueError as exc:
         raise RunError(str(exc)) from exc
     return ExportQueue(exporter, scope_version=__version__, **qkw), f"OTLP {settings.protocol} {settings.endpoint}"
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM ask the run loop to flush and stop."""
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def lower_priority(nice: int, sched_idle: bool) -> None:
@@ -162,8 +173,6 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             periodic.append((1.0, govern))
         collector = Collector(probes, reader, builder, queue, settings.capture_bytes, periodic=periodic)
         stop = threading.Event()
-        from otelbpf.cli import install_signal_handlers
-
         install_signal_handlers(stop)
         what = spec.describe()
         print(
