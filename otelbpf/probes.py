@@ -194,10 +194,6 @@ class SocketProbes:
             key.comm = name.encode()[:15]
             self._comms[key] = self._comms.Leaf(1)
 
-    def target_count(self) -> int:
-        """Number of entries in the kernel's target table."""
-        return len(self._targets)
-
     def read_stats(self) -> dict[str, int]:
         """Kernel counters summed over CPUs, by name."""
         out: dict[str, int] = {}

@@ -63,10 +63,6 @@ class RingBufferReader:
         self._epoll = select.epoll()
         self._epoll.register(fd, select.EPOLLIN)
 
-    def pending_bytes(self) -> int:
-        """Bytes written by the kernel and not yet consumed."""
-        return self._producer_pos[0] - self._consumer_pos.value
-
     def drain(self, limit: int = 65536) -> list[bytes]:
         """Take up to ``limit`` committed records and release their space to the kernel."""
         cons = self._consumer_pos.value
