@@ -1,9 +1,11 @@
-/* HTTP/1.x over plain TCP sockets, from syscall and socket tracepoints only (no kprobes).
+/* HTTP/1.x over TCP sockets, from syscall and socket tracepoints only (no kprobes).
  *
  * Per syscall: sys_enter_* saves the user buffer (the return probe no longer has the arguments),
  * sock:sock_{recv,send}_length tells us the fd is a TCP socket and gives its struct sock, and
  * sys_exit_* feeds the transferred bytes to a per-connection state machine. Request and response
- * are paired here; one record per finished request crosses the ring buffer.
+ * are paired here; one record per finished request crosses the ring buffer. TLS plaintext from
+ * tls.bpf.c runs through the same state machine (conn_data), keyed by the TLS session instead of
+ * the fd; this file tells it which socket a session rides on.
  *
  * Tunables come in as -D flags (see otelbpf/probes.py); kernel struct offsets (OFF_SKC_*) come
  * from the running kernel's BTF because the installed headers may belong to another kernel.
@@ -43,7 +45,8 @@
 enum io_dir { DIR_IN = 1, DIR_OUT = 2 };
 /* ST_SKIP: a request shed by the rate limit; nothing is done until the next request starts. */
 enum conn_state_kind { ST_IDLE = 0, ST_REQUEST = 1, ST_RESPONSE = 2, ST_SKIP = 3 };
-enum proto { PROTO_UNKNOWN = 0, PROTO_HTTP = 1, PROTO_OTHER = 2 };
+/* PROTO_TLS: the socket carries TLS records; its plaintext is followed through tls.bpf.c. */
+enum proto { PROTO_UNKNOWN = 0, PROTO_HTTP = 1, PROTO_OTHER = 2, PROTO_TLS = 3 };
 
 struct config {
 	u32 self_tgid; /* never trace otelbpf itself: its export traffic would feed back */
@@ -61,9 +64,12 @@ struct io_args {
 	u32 fd;
 	u32 iovcnt;
 	s64 ret; /* the syscall's result, handed to process_io */
+	u64 tls; /* TLS session (SSL*, gnutls_session_t) for plaintext from tls.bpf.c; 0 for sockets */
 	u8 dir;
 	u8 family;
-	u8 _pad[6];
+	u8 lib; /* enum otelbpf_tls_library */
+	u8 sk_inferred; /* TLS: sk is the thread's last TLS socket, not seen inside the call */
+	u8 _pad[4];
 };
 
 struct conn_state {
@@ -80,11 +86,35 @@ struct conn_state {
 	u8 head_req; /* request method was HEAD: the response has no body whatever it says */
 	u8 peer_closed;
 	u8 check_pipeline; /* a response completed: look for a queued request (tail call 1) */
+	u64 tls_conn; /* on a PROTO_TLS socket: the TLS session riding on it, ended with the socket */
 };
 
+/* A socket's own bytes are keyed (tgid, fd, 0); TLS plaintext (tgid, 0, session), because a
+ * memory-BIO library (node) hands over plaintext before we know which socket it belongs to. */
 struct conn_key {
 	u32 tgid;
 	u32 fd;
+	u64 tls;
+};
+
+/* A TLS read or write in flight, from its uprobe to its uretprobe (tls.bpf.c). */
+struct tls_call {
+	u64 conn; /* SSL* or gnutls_session_t */
+	u64 buf; /* plaintext buffer */
+	u64 len_out; /* SSL_*_ex: where the library stores the byte count; 0 otherwise */
+	u64 enter_ns;
+	u64 sk; /* socket of a syscall made inside this call (socket BIO), 0 if none */
+	u32 fd;
+	u8 dir;
+	u8 lib; /* enum otelbpf_tls_library */
+	u8 _pad[2];
+};
+
+/* The TLS socket a thread last read or wrote: where a memory-BIO library's plaintext came from. */
+struct tls_sock {
+	u64 sk;
+	u32 fd;
+	u32 _pad;
 };
 
 struct scan_state {
@@ -120,7 +150,7 @@ BPF_HASH(target_comms, struct comm_key, u8, 64);
 BPF_HASH(active_io, u64, struct io_args, MAX_THREADS_IN_IO);
 /* connect()'s fd saved at sys_enter, by thread id. */
 BPF_HASH(active_sock_call, u64, u32, 16384);
-/* Per-connection HTTP state, by (tgid, fd). LRU: idle connections fall out first. */
+/* Per-connection HTTP state, by conn_key. LRU: idle connections fall out first. */
 BPF_TABLE("lru_hash", struct conn_key, struct conn_state, conns, MAX_CONNECTIONS);
 /* Zero-filled template for new connections: the state is too large for the BPF stack. */
 BPF_PERCPU_ARRAY(zero_state, struct conn_state, 1);
@@ -135,6 +165,10 @@ BPF_PERCPU_ARRAY(wakeup_map, u64, 1);
 /* 0: process_io, 1: check_pipeline. Reached by tail call so each is verified once, not per
  * syscall tracepoint. */
 BPF_PROG_ARRAY(progs, 2);
+/* The last TLS socket each thread used, by thread id (see struct tls_sock). */
+BPF_TABLE("lru_hash", u64, struct tls_sock, thread_tls_sock, MAX_THREADS_IN_IO);
+/* TLS library calls in flight (tls.bpf.c), by thread id. */
+BPF_HASH(tls_calls, u64, struct tls_call, MAX_THREADS_IN_IO);
 /* Finished requests for user space. */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -698,6 +732,16 @@ static __always_inline void on_conn_end(struct conn_state *st, u64 now)
 
 /* ---- syscall plumbing ---- */
 
+/* A socket syscall made inside a TLS call on the same thread is that session's own socket. */
+static __always_inline void tls_note_socket(u64 id, u32 fd, u64 sk)
+{
+	struct tls_call *tc = tls_calls.lookup(&id);
+	if (tc) {
+		tc->sk = sk;
+		tc->fd = fd;
+	}
+}
+
 static __always_inline int save_io(u32 fd, u64 buf, u32 iovcnt, u8 dir)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -778,6 +822,8 @@ static __always_inline int handle_io_exit(void *ctx, long ret)
 		active_io.delete(&id);
 		return 0; /* not a TCP socket, or nothing transferred */
 	}
+	/* A socket syscall inside SSL_read/SSL_write (socket BIO): that is the session's socket. */
+	tls_note_socket(id, io->fd, io->sk);
 	io->ret = ret;
 	progs.call(ctx, 0);
 	/* Only reached if the tail call failed. */
@@ -785,28 +831,34 @@ static __always_inline int handle_io_exit(void *ctx, long ret)
 	return 0;
 }
 
-/* The per-connection state machine for one socket read or write (tail-called). */
-int process_io(void *ctx)
+/* A TLS handshake record (ContentType 22, version 3.x) starts the connection. */
+static __always_inline int is_tls_start(const char *p)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	struct io_args *iop = active_io.lookup(&id);
-	if (!iop)
-		return 0;
-	struct io_args io = *iop;
-	active_io.delete(&id);
-	long ret = io.ret;
-	u64 now = bpf_ktime_get_ns();
-	struct conn_key key = {.tgid = id >> 32, .fd = io.fd};
-	struct conn_state *st = conns.lookup(&key);
-	if (st && st->ev.sock_id == io.sk) {
+	return p[0] == 0x16 && p[1] == 0x03 && (u8)p[2] <= 0x04;
+}
+
+/* The per-connection state machine for one read or write of HTTP/1.x bytes: the socket's own, or
+ * TLS plaintext (key->tls set). Returns 1 when a pipelined request may be waiting (tail call 1). */
+static __always_inline int conn_data(struct conn_key *key, struct io_args *io, u64 id, u64 now)
+{
+	long ret = io->ret;
+	struct conn_state *st = conns.lookup(key);
+	/* TLS sessions are matched to their socket in tls.bpf.c; only an fd can be reused here. */
+	if (st && (key->tls || st->ev.sock_id == io->sk)) {
 		if (st->proto == PROTO_OTHER)
 			return 0; /* known non-HTTP connection: ignored cheaply */
+		if (st->proto == PROTO_TLS) {
+			/* Ciphertext: never parsed, but a memory-BIO library's plaintext will follow. */
+			struct tls_sock ts = {.sk = io->sk, .fd = io->fd};
+			thread_tls_sock.update(&id, &ts);
+			return 0;
+		}
 		u8 resp_dir = st->role == OTELBPF_ROLE_SERVER ? DIR_OUT : DIR_IN;
-		if (st->state == ST_SKIP && io.dir == resp_dir && ret > 0)
+		if (st->state == ST_SKIP && io->dir == resp_dir && ret > 0)
 			return 0; /* the response of a shed request: nothing to do */
 	}
 	if (ret <= 0) {
-		if (ret == 0 && io.dir == DIR_IN && st && st->ev.sock_id == io.sk) {
+		if (ret == 0 && io->dir == DIR_IN && st && (key->tls || st->ev.sock_id == io->sk)) {
 			/* EOF: the peer is done. A client can finish now; a server may still answer. */
 			st->peer_closed = 1;
 			if (st->role == OTELBPF_ROLE_CLIENT)
@@ -815,74 +867,103 @@ int process_io(void *ctx)
 		return 0;
 	}
 	u64 addr = 0, seglen = 0;
-	if (first_segment(&io, &addr, &seglen, ret))
+	if (first_segment(io, &addr, &seglen, ret))
 		return 0;
 	char peek[8] = {};
 	int method = 0;
 	if (addr && seglen >= 8 && !bpf_probe_read_user(peek, sizeof(peek), (void *)addr))
 		method = is_method_start(peek);
+	else if (addr && seglen >= 3 && !key->tls)
+		bpf_probe_read_user(peek, 3, (void *)addr); /* a 5-byte TLS record header read alone */
 
-	if (st && st->ev.sock_id && st->ev.sock_id != io.sk) {
+	if (!key->tls && st && st->ev.sock_id && st->ev.sock_id != io->sk) {
 		/* The fd now names another socket (its close was not seen): start afresh. */
 		on_conn_end(st, now);
-		conns.delete(&key);
+		conns.delete(key);
 		st = NULL;
 	}
 	if (!st) {
 		/* A connection that predates otelbpf or whose accept/connect we missed: adopt it at a
-		 * request start; the direction tells the role. */
-		if (!method)
-			return 0;
-		st = new_conn(&key, io.dir == DIR_IN ? OTELBPF_ROLE_SERVER : OTELBPF_ROLE_CLIENT,
-			      PROTO_HTTP);
+		 * request start (the direction tells the role), or at a TLS handshake. */
+		u8 proto = PROTO_HTTP;
+		if (!method) {
+			if (key->tls || seglen < 3 || !is_tls_start(peek))
+				return 0;
+			proto = PROTO_TLS;
+		}
+		st = new_conn(key, io->dir == DIR_IN ? OTELBPF_ROLE_SERVER : OTELBPF_ROLE_CLIENT, proto);
 		if (!st)
+			return 0;
+		st->ev.tls = io->lib;
+		if (proto == PROTO_TLS)
 			return 0;
 	}
 	if (!st->ev.sock_id)
-		st->ev.sock_id = io.sk;
+		st->ev.sock_id = io->sk;
 	if (st->proto == PROTO_UNKNOWN) {
-		/* The first bytes on a fresh connection decide: HTTP/1.x request or something else. */
+		/* The first bytes on a fresh connection decide: HTTP/1.x request, TLS, or something else. */
 		if (!method) {
-			st->proto = PROTO_OTHER;
+			st->proto = !key->tls && seglen >= 3 && is_tls_start(peek) ? PROTO_TLS : PROTO_OTHER;
 			return 0;
 		}
 		st->proto = PROTO_HTTP;
 	}
-	if (!st->addr_known)
-		read_addresses(st, io.sk);
+	if (!st->addr_known && io->sk)
+		read_addresses(st, io->sk);
 
 	u8 req_dir = st->role == OTELBPF_ROLE_SERVER ? DIR_IN : DIR_OUT;
-	if (io.dir == req_dir) {
-		on_request_data(st, &io, addr, seglen, ret, now, (u32)id, method);
+	if (io->dir == req_dir) {
+		on_request_data(st, io, addr, seglen, ret, now, (u32)id, method);
 	} else {
 		st->last_resp_ns = now;
-		on_response_data(st, &io, addr, seglen, ret, now);
+		on_response_data(st, io, addr, seglen, ret, now);
 	}
 	if (st->check_pipeline) {
 		u32 zero = 0;
 		struct scratch *s = scratch_map.lookup(&zero);
 		if (s) {
-			s->key = key;
-			progs.call(ctx, 1);
+			s->key = *key;
+			return 1;
 		}
 		st->check_pipeline = 0;
 	}
 	return 0;
 }
 
-/* After a response completed: start the next pipelined request if one is captured (tail-called). */
-int check_pipeline(void *ctx)
+/* One socket read or write (tail-called from every sys_exit hook). */
+int process_io(void *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct io_args *iop = active_io.lookup(&id);
+	if (!iop)
+		return 0;
+	struct io_args io = *iop;
+	active_io.delete(&id);
+	struct conn_key key = {.tgid = id >> 32, .fd = io.fd};
+	if (conn_data(&key, &io, id, bpf_ktime_get_ns()))
+		progs.call(ctx, 1);
+	return 0;
+}
+
+/* After a response completed: start the next pipelined request if one is captured. */
+static __always_inline void pipeline_check(void)
 {
 	u32 zero = 0;
 	struct scratch *s = scratch_map.lookup(&zero);
 	if (!s)
-		return 0;
+		return;
 	struct conn_key key = s->key;
 	struct conn_state *st = conns.lookup(&key);
 	if (!st || !st->check_pipeline)
-		return 0;
+		return;
 	st->check_pipeline = 0;
 	after_response(st, bpf_ktime_get_ns());
+}
+
+/* Tail-called by process_io (program type: tracepoint). */
+int check_pipeline(void *ctx)
+{
+	pipeline_check();
 	return 0;
 }
 
@@ -1000,7 +1081,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	struct conn_state *st = conns.lookup(&key);
 	if (!st)
 		return 0;
-	on_conn_end(st, bpf_ktime_get_ns());
+	u64 now = bpf_ktime_get_ns();
+	if (st->tls_conn) {
+		/* The TLS session on this socket ends with it: finish what its plaintext had in flight. */
+		struct conn_key tkey = {.tgid = key.tgid, .tls = st->tls_conn};
+		struct conn_state *ts = conns.lookup(&tkey);
+		if (ts && ts->ev.sock_id == st->ev.sock_id) {
+			on_conn_end(ts, now);
+			conns.delete(&tkey);
+		}
+	}
+	on_conn_end(st, now);
 	conns.delete(&key);
 	return 0;
 }

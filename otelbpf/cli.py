@@ -69,6 +69,16 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"otelbpf: error: {name}={value!r} is not an integer") from None
 
 
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"otelbpf: error: {name}={value!r} is not a number") from None
+
+
 def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     value = env.get(name, "").strip().lower()
     if not value:
@@ -183,6 +193,31 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         action="store_false",
         default=_env_bool(env, "OTELBPF_ADAPTIVE", True),
         help="keep tracing at --max-spans-per-second even while the CPUs are saturated (env OTELBPF_ADAPTIVE=false)",
+    )
+    tls = run.add_argument_group("HTTPS (uprobes on OpenSSL and GnuTLS)")
+    tls.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_false",
+        default=_env_bool(env, "OTELBPF_TLS", True),
+        help="do not hook TLS libraries: HTTPS requests are then not traced (env OTELBPF_TLS=false)",
+    )
+    tls.add_argument(
+        "--tls-library",
+        action="append",
+        default=[p for p in env.get("OTELBPF_TLS_LIBRARIES", "").split(",") if p],
+        metavar="PATH",
+        help="also hook this library or binary, before any process maps it (repeatable; env "
+        "OTELBPF_TLS_LIBRARIES, comma-separated). The system's libssl/libgnutls and whatever traced "
+        "processes map are found without it",
+    )
+    tls.add_argument(
+        "--tls-scan-interval",
+        type=float,
+        default=_env_float(env, "OTELBPF_TLS_SCAN_INTERVAL", 1.0),
+        metavar="SECONDS",
+        help="how often traced processes are scanned for newly mapped TLS libraries; 0: only at start "
+        "(env OTELBPF_TLS_SCAN_INTERVAL; default 1)",
     )
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C and flags, exit
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -178,6 +178,9 @@ class Collector:
             "processes not added (target table full)": kernel.get("targets_full", 0),
             "syscalls untracked (in-flight table full)": kernel.get("io_table_full", 0),
             "ring-buffer writes retried (then delivered or lost)": kernel.get("ringbuf_retried", 0),
+            "TLS uprobe hits (all processes)": kernel.get("tls_probe_hits", 0),
+            "TLS calls without a known socket": kernel.get("tls_unbound", 0),
+            "TLS calls untracked (in-flight table full)": kernel.get("tls_table_full", 0),
             **(extra_notes or {}),
         }
         return Summary(

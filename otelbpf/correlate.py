@@ -130,7 +130,12 @@ class SpanBuilder:
                 attrs["network.protocol.version"] = head.version
             if head.user_agent:
                 attrs["user_agent.original"] = head.user_agent
-        attrs["url.scheme"] = "http"
+        # TLS plaintext comes from the library's read/write; the socket under it is the same TCP.
+        tls = events.TLS_LIBRARIES.get(ev.tls) if ev.tls else None
+        scheme, default_port = ("https", 443) if tls else ("http", 80)
+        attrs["url.scheme"] = scheme
+        if tls:
+            attrs["otelbpf.tls.library"] = tls
         attrs["network.protocol.name"] = "http"
         attrs["network.transport"] = "tcp"
         if ev.family in (_AF_INET, _AF_INET6):
@@ -143,7 +148,9 @@ class SpanBuilder:
             attrs["network.local.port"] = ev.local_port
         if server:
             attrs["server.address"] = host or local or ""
-            attrs["server.port"] = host_port if host_port is not None else ev.local_port
+            port = host_port if host_port is not None else ev.local_port
+            if port:  # 0: a TLS session whose socket was not seen
+                attrs["server.port"] = port
             if peer:
                 attrs["client.address"] = peer
                 attrs["client.port"] = ev.peer_port
@@ -153,13 +160,14 @@ class SpanBuilder:
             server_addr = host or peer or ""
             server_port = host_port if host_port is not None else ev.peer_port
             attrs["server.address"] = server_addr
-            attrs["server.port"] = server_port
+            if server_port:
+                attrs["server.port"] = server_port
             if head:
                 authority = f"[{server_addr}]" if ":" in server_addr else server_addr
-                if server_port != 80:
+                if server_port and server_port != default_port:
                     authority += f":{server_port}"
                 query = f"?{head.query}" if head.query is not None and self._capture_query else ""
-                attrs["url.full"] = f"http://{authority}{head.path}{query}"
+                attrs["url.full"] = f"{scheme}://{authority}{head.path}{query}"
             attrs["http.request.size"] = ev.bytes_out
             attrs["http.response.size"] = ev.bytes_in
         attrs["thread.id"] = ev.tid

@@ -39,16 +39,27 @@ STAT_NAMES: dict[int, str] = {
     6: "targets_full",
     7: "io_table_full",
     8: "ringbuf_retried",
+    9: "tls_probe_hits",
+    10: "tls_calls",
+    11: "tls_unbound",
+    12: "tls_table_full",
 }
 
+# enum otelbpf_tls_library -> the library's name in span attributes.
+TLS_NONE = 0
+TLS_OPENSSL = 1
+TLS_GNUTLS = 2
+TLS_LIBRARIES: dict[int, str] = {TLS_OPENSSL: "openssl", TLS_GNUTLS: "gnutls"}
+
 # struct otelbpf_http_event up to req[]; "x" bytes are the explicit _pad fields.
-HTTP_HEADER = struct.Struct("<BBBxHHIIIxxxxQQQQQ16s16s16sHHHxx")
+HTTP_HEADER = struct.Struct("<BBBBHHIIIxxxxQQQQQ16s16s16sHHHxx")
 
 # name -> (offset, size) for the mirror test; req follows the fixed header.
 HTTP_LAYOUT: dict[str, tuple[int, int]] = {
     "type": (0, 1),
     "role": (1, 1),
     "flags": (2, 1),
+    "tls": (3, 1),
     "status": (4, 2),
     "req_offset": (6, 2),
     "pid": (8, 4),
@@ -101,6 +112,7 @@ class HttpEvent:
 
     role: int
     flags: int
+    tls: int
     status: int
     req_offset: int
     pid: int
@@ -127,6 +139,7 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         etype,
         role,
         flags,
+        tls,
         status,
         req_offset,
         pid,
@@ -148,6 +161,8 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         raise DecodeError(f"unknown event type {etype}")
     if role not in (ROLE_SERVER, ROLE_CLIENT):
         raise DecodeError(f"unknown role {role}")
+    if tls != TLS_NONE and tls not in TLS_LIBRARIES:
+        raise DecodeError(f"unknown TLS library {tls}")
     if req_len > capture_bytes or HTTP_HEADER.size + req_len > len(raw):
         raise DecodeError(f"request capture length {req_len} exceeds the record")
     if end_ns < start_ns:
@@ -156,6 +171,7 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
     return HttpEvent(
         role=role,
         flags=flags,
+        tls=tls,
         status=status,
         req_offset=req_offset,
         pid=pid,

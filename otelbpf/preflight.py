@@ -59,3 +59,10 @@ def check_kernel_headers(modules: Path = Path("/lib/modules"), release: str | No
             f"kernel headers not found at {build}: install them, or run 'make setup', which links the "
             "distribution's nearest headers"
         )
+
+
+def uprobes_supported(sysfs: Path = Path("/sys/bus/event_source/devices")) -> bool:
+    """Whether the kernel can attach uprobes (CONFIG_UPROBE_EVENTS): needed for TLS plaintext only."""
+    if (sysfs / "uprobe").is_dir():
+        return True
+    return any((root / "uprobe_events").exists() for root in TRACEFS_CANDIDATES)

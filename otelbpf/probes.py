@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ logger = logging.getLogger(__name__)
 # CPython 3, so a virtualenv can use it without pulling in the rest of dist-packages.
 _SYSTEM_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 
+
+# The hook families, compiled as one object because they share the connection table: TLS
+# plaintext runs through the socket state machine, and a socket's close ends its TLS session.
+BPF_SOURCES = ("sockets.bpf.c", "tls.bpf.c")
 
 # Every tracepoint bpf/sockets.bpf.c attaches to, checked before compiling so a kernel that lacks
 # one gets a clear message rather than a bcc traceback.
@@ -48,6 +53,33 @@ TRACEPOINTS: list[str] = [
     "sched:sched_process_fork",
     "sched:sched_process_exit",
 ]
+
+
+
+@dataclass(frozen=True)
+class TlsHook:
+    """One TLS library function: its entry handler in bpf/tls.bpf.c; every hook returns via tls_return."""
+
+    symbol: str
+    entry: str
+    required: bool
+
+
+# Library kind (otelbpf.tls_libraries) -> the functions hooked in it. Optional ones are absent from
+# older libraries (OpenSSL 1.1.0 has no _ex forms).
+TLS_HOOKS: dict[str, tuple[TlsHook, ...]] = {
+    "openssl": (
+        TlsHook("SSL_read", "ssl_read_enter", True),
+        TlsHook("SSL_write", "ssl_write_enter", True),
+        TlsHook("SSL_read_ex", "ssl_read_ex_enter", False),
+        TlsHook("SSL_write_ex", "ssl_write_ex_enter", False),
+    ),
+    "gnutls": (
+        TlsHook("gnutls_record_recv", "gnutls_recv_enter", True),
+        TlsHook("gnutls_record_send", "gnutls_send_enter", True),
+    ),
+}
+TLS_RETURN = "tls_return"
 
 
 class ProbeError(RuntimeError):
@@ -109,6 +141,21 @@ class ProbeSettings:
         ]
 
 
+def program_text(source_dir: Path | None = None) -> str:
+    """The hook families joined into the one program bcc compiles, with #line markers for errors.
+
+    Joined as text, not #included: bcc rewrites TRACEPOINT_PROBE only in the main file.
+    """
+    source_dir = source_dir or bpf_source_dir()
+    parts = []
+    for name in BPF_SOURCES:
+        path = source_dir / name
+        if not path.exists():
+            raise ProbeError(f"BPF source not found: {path}")
+        parts.append(f'#line 1 "{path}"\n{path.read_text()}')
+    return "\n".join(parts)
+
+
 def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]:
     """All compiler flags: include path, tunables and kernel struct offsets."""
     flags = [f"-I{bpf_source_dir() / 'include'}", *settings.cflags()]
@@ -118,32 +165,33 @@ def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]
     return flags
 
 
-class SocketProbes:
-    """The socket tracer (bpf/sockets.bpf.c): loaded and attached on construction."""
-
-    SOURCE = "sockets.bpf.c"
-    # Index in the `progs` array -> program: the per-syscall hooks tail-call these.
-    TAIL_CALLS = ("process_io", "check_pipeline")
+class KernelProbes:
+    """The kernel programs (bpf/*.bpf.c): tracepoints attach on construction, TLS uprobes on demand."""
+    # Prog array -> (program type, programs by index): the hooks tail-call these. A tail call
+    # reaches only programs of its own type, so tracepoints and uprobes each have theirs.
+    TAIL_CALLS = {
+        "progs": ("TRACEPOINT", ("process_io", "check_pipeline")),
+        "tls_progs": ("KPROBE", ("tls_process", "tls_check_pipeline")),
+    }
 
     def __init__(self, settings: ProbeSettings, offsets: dict[str, int]) -> None:
         bcc = import_bcc()
         self.settings = settings
-        src = bpf_source_dir() / self.SOURCE
-        if not src.exists():
-            raise ProbeError(f"BPF source not found: {src}")
+        text = program_text()
         try:
             # TRACEPOINT_PROBE functions attach as the object loads. Nothing is traced until
             # configure() runs, because the default config traces no process.
-            self._bpf = bcc.BPF(src_file=str(src).encode(), cflags=render_cflags(settings, offsets))
+            self._bpf = bcc.BPF(text=text.encode(), cflags=render_cflags(settings, offsets))
         except Exception as exc:
-            raise ProbeError(f"failed to compile or attach {src.name}: {exc}") from exc
+            raise ProbeError(f"failed to compile or attach the BPF programs ({', '.join(BPF_SOURCES)}): {exc}") from exc
         try:
             # The sys_exit programs tail-call this one; until it is in place they drop nothing
             # traced, because no process is traced before configure().
-            progs = self._bpf["progs"]
-            for index, name in enumerate(self.TAIL_CALLS):
-                fn = self._bpf.load_func(name.encode(), bcc.BPF.TRACEPOINT)
-                progs[progs.Key(index)] = progs.Leaf(fn.fd)
+            for array, (prog_type, names) in self.TAIL_CALLS.items():
+                progs = self._bpf[array]
+                for index, name in enumerate(names):
+                    fn = self._bpf.load_func(name.encode(), getattr(bcc.BPF, prog_type))
+                    progs[progs.Key(index)] = progs.Leaf(fn.fd)
         except Exception as exc:
             raise ProbeError(f"failed to load the tail-called programs: {exc}") from exc
         self._events = self._bpf["events"]
@@ -153,6 +201,7 @@ class SocketProbes:
         self._config = self._bpf["config_map"]
         self._self_tgid = 0
         self._trace_all = False
+        self.tls_probe_count = 0
 
     @property
     def ring_fd(self) -> int:
@@ -193,6 +242,39 @@ class SocketProbes:
             # The kernel keeps 15 characters of a program's name as its comm.
             key.comm = name.encode()[:15]
             self._comms[key] = self._comms.Leaf(1)
+
+    def attach_tls(self, path: str, kind: str, symbols: Iterable[str]) -> int:
+        """Hook one TLS library file for every process that maps it; return the probes attached."""
+        hooks = TLS_HOOKS.get(kind)
+        if hooks is None:
+            raise ProbeError(f"unknown TLS library kind {kind!r}")
+        present = set(symbols)
+        missing = [h.symbol for h in hooks if h.required and h.symbol not in present]
+        if missing:
+            raise ProbeError(f"{path} does not export {', '.join(missing)}")
+        done: list[str] = []
+        try:
+            for hook in hooks:
+                if hook.symbol not in present:
+                    continue
+                self._bpf.attach_uprobe(name=path.encode(), sym=hook.symbol.encode(), fn_name=hook.entry.encode())
+                done.append(hook.symbol)
+                self._bpf.attach_uretprobe(name=path.encode(), sym=hook.symbol.encode(), fn_name=TLS_RETURN.encode())
+        except Exception as exc:
+            # Half a library hooked would see reads without writes: take back what was attached.
+            for sym in done:
+                for detach in (self._bpf.detach_uprobe, self._bpf.detach_uretprobe):
+                    try:
+                        detach(name=path.encode(), sym=sym.encode())
+                    except Exception:  # noqa: BLE001 - best effort on a path already failing
+                        pass
+            raise ProbeError(f"failed to attach TLS probes to {path}: {exc}") from exc
+        self.tls_probe_count += 2 * len(done)
+        return 2 * len(done)
+
+    def target_pids(self) -> list[int]:
+        """Processes in the kernel's target table (those selected, their children and exec'd matches)."""
+        return [int(k.value) for k in self._targets.keys()]
 
     def read_stats(self) -> dict[str, int]:
         """Kernel counters summed over CPUs, by name."""

@@ -9,6 +9,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import psutil
 
 from otelbpf import __version__, preflight
 from otelbpf.btf import BtfError
@@ -27,6 +30,10 @@ from otelbpf.governor import LoadGovernor
 from otelbpf.kernel_offsets import all_offsets
 from otelbpf.resources import ResourceCache
 from otelbpf.targets import TargetError, TargetSpec, resolve
+from otelbpf.tls_watch import TlsConfigError, TlsWatcher
+
+if TYPE_CHECKING:
+    from otelbpf.probes import KernelProbes
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +93,27 @@ def lower_priority(nice: int, sched_idle: bool) -> None:
             logger.warning("could not lower the collector's priority: %s", exc)
 
 
+def _start_tls(args: argparse.Namespace, probes: KernelProbes, trace_all: bool) -> TlsWatcher | None:
+    """Hook TLS libraries (unless --no-tls); None when HTTPS plaintext is not followed."""
+    if not args.tls:
+        return None
+    if not preflight.uprobes_supported():
+        logger.warning("TLS: this kernel has no uprobes (CONFIG_UPROBE_EVENTS): HTTPS requests are not traced")
+        return None
+
+    def pids() -> set[int]:
+        # The kernel's table also holds thread ids; /proc lists processes only.
+        live = set(psutil.pids())
+        return live if trace_all else live & set(probes.target_pids())
+
+    watcher = TlsWatcher(probes.attach_tls, pids, extra_paths=args.tls_library)
+    try:
+        watcher.start()
+    except TlsConfigError as exc:
+        raise RunError(str(exc)) from exc
+    return watcher
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run until stopped; return the exit code."""
     lower_priority(args.nice, args.sched_idle)
@@ -93,8 +121,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         TRACEPOINTS,
         ProbeError,
         ProbeSettings,
-        SocketProbes,
-        bpf_source_dir,
+        KernelProbes,
+        program_text,
         render_cflags,
     )
 
@@ -108,7 +136,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except ValueError as exc:
         raise RunError(str(exc)) from exc
     if args.ebpf:
-        print((bpf_source_dir() / SocketProbes.SOURCE).read_text())
+        print(program_text())
         print("// cflags: " + " ".join(render_cflags(settings, {})))
         return 0
 
@@ -127,7 +155,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     queue, destination = _queue(args, env)
     try:
-        probes = SocketProbes(settings, offsets)
+        probes = KernelProbes(settings, offsets)
     except ProbeError as exc:
         queue.shutdown(1.0)
         raise RunError(str(exc)) from exc
@@ -151,6 +179,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                     probes.add_targets(fresh)
 
         periodic: list[tuple[float, Callable[[], None]]] = [(5.0, refresh)]
+        tls = _start_tls(args, probes, spec.trace_all)
+        if tls is not None and args.tls_scan_interval > 0:
+            periodic.append((args.tls_scan_interval, tls.poll))
         governor = None
         if args.adaptive:
             try:
@@ -184,8 +215,15 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         # Every finished span goes out before the summary, bounded so a dead backend cannot hang exit.
         queue.shutdown(timeout_s=10.0)
         notes = {}
+        if tls is not None:
+            notes.update(
+                {
+                    "TLS libraries attached": tls.stats.libraries_attached,
+                    "TLS library attach failures": tls.stats.attach_failures,
+                }
+            )
         if governor is not None:
-            notes = {
+            notes |= {
                 "seconds traced at a reduced rate (CPUs saturated)": governor.stats.seconds_reduced,
                 "lowest rate applied (requests/s)": governor.stats.lowest_limit,
             }

@@ -32,6 +32,7 @@ def event(req: bytes, role: int = events.ROLE_SERVER, status: int = 200, flags: 
     base = dict(
         role=role,
         flags=flags,
+        tls=0,
         status=status,
         req_offset=0,
         pid=os.getpid(),

@@ -30,6 +30,13 @@ enum otelbpf_role {
 	OTELBPF_ROLE_CLIENT = 2,
 };
 
+/* Where the bytes of a request were read: the socket itself, or a TLS library's plaintext. */
+enum otelbpf_tls_library {
+	OTELBPF_TLS_NONE = 0,
+	OTELBPF_TLS_OPENSSL = 1,
+	OTELBPF_TLS_GNUTLS = 2,
+};
+
 /* otelbpf_http_event.flags */
 #define OTELBPF_HTTP_CONN_CLOSED 0x01 /* connection ended before the response completed */
 #define OTELBPF_HTTP_REQ_TRUNCATED 0x02 /* the request had more bytes than were captured */
@@ -54,7 +61,7 @@ struct otelbpf_http_event {
 	__u8 type; /* OTELBPF_EVENT_HTTP */
 	__u8 role; /* enum otelbpf_role */
 	__u8 flags; /* OTELBPF_HTTP_* */
-	__u8 _pad0;
+	__u8 tls; /* enum otelbpf_tls_library: OTELBPF_TLS_NONE for plain HTTP */
 	__u16 status; /* response status code, 0 when no status line was seen */
 	__u16 req_offset; /* where this request starts inside req[] (non-zero when pipelined) */
 	__u32 pid; /* tgid of the traced process */
@@ -95,6 +102,10 @@ enum otelbpf_stat {
 	OTELBPF_STAT_TARGETS_FULL = 6, /* a process could not be added to the target table */
 	OTELBPF_STAT_IO_TABLE_FULL = 7, /* a syscall went untracked: too many threads mid-syscall */
 	OTELBPF_STAT_RINGBUF_RETRIED = 8, /* a ring-buffer write failed once and was retried */
+	OTELBPF_STAT_TLS_PROBE_HITS = 9, /* TLS uprobe and uretprobe hits in any process (the cost) */
+	OTELBPF_STAT_TLS_CALLS = 10, /* TLS read/write calls made by traced processes */
+	OTELBPF_STAT_TLS_UNBOUND = 11, /* TLS plaintext whose socket is not known (no addresses) */
+	OTELBPF_STAT_TLS_TABLE_FULL = 12, /* a TLS call went untracked: too many threads mid-call */
 	OTELBPF_STAT_MAX = 16,
 };
 
