@@ -119,9 +119,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     lower_priority(args.nice, args.sched_idle)
     from otelbpf.probes import (
         TRACEPOINTS,
+        KernelProbes,
         ProbeError,
         ProbeSettings,
-        KernelProbes,
         program_text,
         render_cflags,
     )

@@ -59,7 +59,10 @@ class TlsWatcher:
         for path in self._extra:
             lib = classify(path)
             if lib is None:
-                raise TlsConfigError(f"{path}: not a TLS library otelbpf can hook (no SSL_read/SSL_write or gnutls_record_*)")
+                raise TlsConfigError(
+                    f"{path}: not a TLS library otelbpf can hook (exports no SSL_read/SSL_write "
+                    "or gnutls_record_recv/gnutls_record_send)"
+                )
             self._hook(lib, required=True)
         libs = system_libraries()
         for lib in libs:
