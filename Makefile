@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 KREL := $(shell uname -r)
 APT_PACKAGES := python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils
 
-.PHONY: setup demo test unit integration bench lint clean
+.PHONY: setup demo test unit integration bench bench-https lint clean
 
 setup: .setup-stamp
 
@@ -31,6 +31,9 @@ integration: setup
 
 bench: setup
 	$(PY) bench/nginx_http.py
+
+bench-https: setup
+	$(PY) bench/nginx_http.py --tls
 
 lint: setup
 	$(VENV)/bin/ruff check otelbpf tests bench scripts

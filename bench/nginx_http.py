@@ -1,6 +1,7 @@
 """Benchmark: otelbpf tracing nginx serving a small static file, against the same nginx untraced.
 
 Run as root:  .venv/bin/python bench/nginx_http.py      (or: make bench)
+       over HTTPS:  .venv/bin/python bench/nginx_http.py --tls   (or: make bench-https)
 
 One run measures, on this machine:
   * saturation: wrk with no rate limit, untraced and traced alternately (B T B T B); medians of the
@@ -9,6 +10,11 @@ One run measures, on this machine:
     spans exported per request served, collector CPU per span, and the BPF programs' own run time
     per request (kernel.bpf_stats_enabled);
 and prints a markdown table, appended to docs/benchmarks.md unless --no-doc.
+
+With --tls, nginx serves the same file over TLS (a self-signed certificate made with the openssl CLI)
+and wrk requests it over https with keep-alive, so the handshakes are amortised. The phases are the
+same; the fixed rate drops to half the untraced saturation throughput if that is below the target
+rate, and the report adds the TLS uprobe hits per request from otelbpf's exit summary.
 
 Spans go over OTLP/gRPC to bench/span_counter.py, a counting receiver in its own process. It runs on
 the same CPUs as nginx, wrk and the collector, so its CPU is reported too.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -28,6 +35,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -71,15 +79,34 @@ http {{
     scgi_temp_path {tmp}/scgi;
     keepalive_requests 100000;
     keepalive_timeout 65;
-    server {{
-        listen 127.0.0.1:{port};
-        root {tmp}/www;
+{tls_http}    server {{
+        listen 127.0.0.1:{port}{listen_opts};
+{tls_server}        root {tmp}/www;
         location = /nginx_status {{
             stub_status;
         }}
     }}
 }}
 """
+
+# The TLS pieces of NGINX_CONF. /tls_check/ serves the same file and logs what each request negotiated,
+# so the report can say which protocol and cipher wrk used (its warm-up goes there).
+NGINX_TLS_HTTP = """\
+    log_format tls_check '$ssl_protocol $ssl_cipher';
+"""
+NGINX_TLS_SERVER = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location /tls_check/ {{
+            alias {tmp}/www/;
+            access_log {tmp}/tls_check.log tls_check;
+        }}
+"""
+
+OPENSSL_REQ = (
+    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1"
+)
 
 PACED_LUA = """\
 -- Each connection waits this long after every response before its next request.
@@ -237,33 +264,83 @@ class LineReader:
 # ---------------------------------------------------------------- nginx, receiver, otelbpf
 
 
+def self_signed_cert(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for 127.0.0.1, made with the openssl CLI."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [*OPENSSL_REQ.split(), "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60
+    )
+    return cert, key
+
+
 class Nginx:
-    def __init__(self, procs: Procs, tmp: Path) -> None:
+    """nginx with one worker serving a small static file on loopback, over http or (tls=True) https."""
+
+    def __init__(self, procs: Procs, tmp: Path, tls: bool = False) -> None:
         self.port = free_port()
+        self.tls = tls
         www = tmp / "www"
         www.mkdir()
         body = "<!doctype html><html><head><title>otelbpf bench</title></head><body>\n"
         body += "<p>" + "static content for the benchmark. " * 14 + "</p>\n</body></html>\n"
         (www / "index.html").write_text(body)
         self.body_bytes = len(body)
+        self.tls_check_log = tmp / "tls_check.log"
+        tls_http = tls_server = listen_opts = ""
+        if tls:
+            cert, key = self_signed_cert(tmp)
+            tls_http = NGINX_TLS_HTTP
+            tls_server = NGINX_TLS_SERVER.format(cert=cert, key=key, tmp=tmp)
+            listen_opts = " ssl"
         conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, port=self.port))
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=tmp, port=self.port, listen_opts=listen_opts, tls_http=tls_http, tls_server=tls_server
+            )
+        )
         os.chmod(tmp, 0o755)  # the worker runs as nobody and must read www/
         self.proc = procs.start(
             ["nginx", "-c", str(conf), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        # Only for the benchmark's own probes (readiness, stub_status): the certificate is self-signed.
+        self._ssl = ssl._create_unverified_context() if tls else None
         wait_port(self.port)
-        self.url = f"http://127.0.0.1:{self.port}/index.html"
+        if tls:
+            self._wait_https()
+        self.url = f"{self.base}/index.html"
+        self.tls_check_url = f"{self.base}/tls_check/index.html"
 
     @property
     def master_pid(self) -> int:
         return self.proc.pid
 
+    def _get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"{self.base}{path}", timeout=5, context=self._ssl) as r:
+            return r.read()
+
+    def _wait_https(self, timeout_s: float = 10.0) -> None:
+        """The port accepting connections is not enough: the TLS handshake and a 200 must work too."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._get("/index.html")
+                return
+            except OSError as e:  # URLError and ssl.SSLError are OSErrors
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx on {self.base} does not answer over https: {e}") from e
+                time.sleep(0.1)
+
+    def negotiated(self) -> Counter[str]:
+        """What the requests to /tls_check/ negotiated ("TLSv1.3 TLS_AES_256_GCM_SHA384" -> count)."""
+        with contextlib.suppress(OSError):
+            return Counter(self.tls_check_log.read_text().splitlines())
+        return Counter()
+
     def requests_total(self) -> int:
         """stub_status's request counter. It counts the status request itself, so the requests between two
         reads are the difference minus one."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/nginx_status", timeout=5) as r:
-            text = r.read().decode()
+        text = self._get("/nginx_status").decode()
         # "Active connections: 1\nserver accepts handled requests\n 1 1 1\n..."
         return int(text.splitlines()[2].split()[2])
 
@@ -304,6 +381,8 @@ class OtelbpfResult:
     summary: dict[str, int] = field(default_factory=dict)
     lost_reasons: dict[str, int] = field(default_factory=dict)
     stderr_tail: list[str] = field(default_factory=list)
+    tls_uprobe_hits: int | None = None  # None: otelbpf did not print the line
+    tls_libraries: int | None = None
 
 
 class Otelbpf:
@@ -349,6 +428,8 @@ class Otelbpf:
         total_us = (rusage.ru_utime + rusage.ru_stime) * 1e6
         res = OtelbpfResult(cpu_after_ready_us=total_us - self.cpu_at_ready, stderr_tail=self.err.lines[-25:])
         res.summary, res.lost_reasons = parse_summary(self.err.lines)
+        res.tls_uprobe_hits = summary_number(self.err.lines, TLS_HITS_LINE)
+        res.tls_libraries = summary_number(self.err.lines, TLS_LIBS_LINE)
         if self.proc.returncode != 0:
             raise RuntimeError(f"otelbpf exited with {self.proc.returncode}: {res.stderr_tail}")
         return res
@@ -372,6 +453,22 @@ def parse_summary(lines: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         else:
             summary[key] = value
     return summary, reasons
+
+
+# Lines of otelbpf's exit summary that only the TLS support prints; either may be absent.
+TLS_HITS_LINE = "TLS uprobe hits (all processes)"
+TLS_LIBS_LINE = "TLS libraries attached"
+
+
+def summary_number(lines: list[str], name: str) -> int | None:
+    """The number on the last line "<name>: N" of otelbpf's output (any indentation, digits may be grouped
+    with commas), or None if there is no such line."""
+    pattern = re.compile(rf"^\s*{re.escape(name)}:\s+(\d[\d,]*)\b")
+    for line in reversed(lines):
+        m = pattern.match(line)
+        if m:
+            return int(m.group(1).replace(",", ""))
+    return None
 
 
 def reason(reasons: dict[str, int], prefix: str) -> int:
@@ -449,21 +546,66 @@ def prog_ids_of(pid: int) -> set[int]:
     return ids
 
 
+# bpftool's program types for what otelbpf attaches: syscall tracepoints, and uprobes (which the kernel
+# runs as kprobe-type programs).
+PROBE_PROG_TYPES = ("tracepoint", "kprobe")
+
+
 def otelbpf_progs(pid: int) -> dict[int, dict]:
-    """The tracepoint programs loaded by this otelbpf process, by id, as `bpftool prog show` reports them,
-    with "tracepoint" set to where each is attached (`bpftool perf show`; absent for tail-call targets)."""
+    """The tracepoint and uprobe programs loaded by this otelbpf process, by id, as `bpftool prog show`
+    reports them, with "attach" set to where each is attached (`bpftool perf show`: the tracepoint, or
+    "uprobe SSL_read"; absent for tail-call targets)."""
     ids = prog_ids_of(pid)
     progs = {
         p["id"]: p
         for p in bpf_progs()
-        if p.get("type") == "tracepoint" and (p["id"] in ids or any(h.get("pid") == pid for h in p.get("pids") or []))
+        if p.get("type") in PROBE_PROG_TYPES
+        and (p["id"] in ids or any(h.get("pid") == pid for h in p.get("pids") or []))
     }
     with contextlib.suppress(subprocess.SubprocessError, ValueError, OSError):
         out = subprocess.run(["bpftool", "perf", "show", "-j"], check=True, capture_output=True, text=True).stdout
         for link in json.loads(out or "[]"):
-            if link.get("pid") == pid and link.get("prog_id") in progs and "tracepoint" in link:
-                progs[link["prog_id"]]["tracepoint"] = link["tracepoint"]
+            if link.get("pid") != pid or link.get("prog_id") not in progs:
+                continue
+            if "tracepoint" in link:
+                where = link["tracepoint"]
+            elif "filename" in link:
+                where = f"{link.get('fd_type', 'uprobe')} {elf_symbol(link['filename'], link.get('offset', 0))}"
+            else:
+                continue
+            progs[link["prog_id"]].setdefault("attach_points", set()).add(where)
+    for prog in progs.values():
+        # One uprobe program may sit on several functions and libraries: "uretprobe SSL_read, SSL_write".
+        by_kind: dict[str, list[str]] = {}
+        for where in sorted(prog.pop("attach_points", ())):
+            kind, _, what = where.partition(" ") if "probe " in where else ("", "", where)
+            by_kind.setdefault(kind, []).append(what)
+        if by_kind:
+            prog["attach"] = "; ".join(f"{kind} {', '.join(w)}".strip() for kind, w in by_kind.items())
     return progs
+
+
+@functools.cache
+def elf_symbol(path: str, offset: int) -> str:
+    """The dynamic symbol at a file offset of a shared library, as uprobes are placed ("SSL_read"), else
+    "libssl.so.3+0x3a2f0". Uses readelf and nm from binutils."""
+    fallback = f"{os.path.basename(path)}+{offset:#x}"
+    try:
+        segs = subprocess.run(["readelf", "-lW", path], check=True, capture_output=True, text=True).stdout
+        syms = subprocess.run(["nm", "-D", "--defined-only", path], check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return fallback
+    vaddr = None
+    for m in re.finditer(r"^\s*LOAD\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x[0-9a-f]+\s+0x([0-9a-f]+)", segs, re.M):
+        seg_off, seg_vaddr, filesz = (int(x, 16) for x in m.groups())
+        if seg_off <= offset < seg_off + filesz:
+            vaddr = offset - seg_off + seg_vaddr
+            break
+    for line in syms.splitlines():
+        parts = line.split()
+        if vaddr is not None and len(parts) == 3 and parts[1] in ("T", "t", "W", "i") and int(parts[0], 16) == vaddr:
+            return parts[2].split("@")[0]
+    return fallback
 
 
 @contextlib.contextmanager
@@ -489,8 +631,21 @@ def bpf_breakdown(before: dict[int, dict], after: dict[int, dict]) -> list[tuple
         ns = p.get("run_time_ns", 0) - b.get("run_time_ns", 0)
         cnt = p.get("run_cnt", 0) - b.get("run_cnt", 0)
         if cnt:
-            out.append((p.get("tracepoint") or p.get("name", str(pid_)), ns, cnt))
+            out.append((p.get("attach") or p.get("name", str(pid_)), ns, cnt))
     return sorted(out, key=lambda x: -x[1])
+
+
+def foreign_progs(ours: int | None = None) -> int:
+    """Tracepoint and uprobe programs loaded now by anything but our collector (pid `ours`): another
+    otelbpf, say, whose probes run on nginx's and wrk's syscalls and TLS calls in every window."""
+    mine = prog_ids_of(ours) if ours else set()
+    with contextlib.suppress(subprocess.SubprocessError, ValueError, OSError):
+        return sum(1 for p in bpf_progs() if p.get("type") in PROBE_PROG_TYPES and p["id"] not in mine)
+    return 0
+
+
+def uprobes(progs: dict[int, dict]) -> dict[int, dict]:
+    return {i: p for i, p in progs.items() if p.get("type") == "kprobe"}
 
 
 def recursion_misses(progs: dict[int, dict]) -> int:
@@ -523,6 +678,10 @@ class Run:
     recursion_misses: int = 0
     other_cpu_pct: float = 0.0  # CPU used by processes outside the benchmark during the window
     steal_pct: float = 0.0
+    tls_uprobe_hits: int | None = None  # from otelbpf's summary; None if it did not say
+    tls_libraries: int | None = None
+    uprobe_runs: int = 0  # runs of otelbpf's uprobe programs (bpf_stats), wrk's library calls included
+    foreign_progs: int = 0  # other tools' tracepoint and uprobe programs loaded at the end of the window
 
     @property
     def lost(self) -> int:
@@ -540,18 +699,20 @@ class Bench:
         self.counter = counter
         self.tmp = tmp
         self.extra = extra
+        self.log_prefix = "otelbpf-bench-tls-" if nginx.tls else "otelbpf-bench-"
 
     def untraced(self, label: str, connections: int, seconds: float, script: Path | None = None) -> Run:
         before = self.nginx.requests_total()
         meter = Meter([*process_tree(self.nginx.master_pid), self.counter.proc.pid])
         wrk = run_wrk(self.nginx.url, connections, seconds, script)
         other, steal = meter.stop()
+        foreign = foreign_progs()
         served = self.nginx.requests_total() - before - 1
         log(
             f"{label}: {wrk.rps:,.0f} req/s, {served} served, p99 {wrk.lat_p99_ms:.2f} ms; "
-            f"other CPU {other:.0f}%, steal {steal:.0f}%"
+            f"other CPU {other:.0f}%, steal {steal:.0f}%" + (f"; {foreign} foreign BPF programs" if foreign else "")
         )
-        return Run(label, False, wrk, served, other_cpu_pct=other, steal_pct=steal)
+        return Run(label, False, wrk, served, other_cpu_pct=other, steal_pct=steal, foreign_progs=foreign)
 
     def hooks_only(self, label: str, connections: int, seconds: float) -> Run:
         """The probes attached but tracing another (idle) process: the cost of the hooks alone for nginx."""
@@ -564,6 +725,7 @@ class Bench:
             wrk = run_wrk(self.nginx.url, connections, seconds)
             other, steal = meter.stop()
             cpu1 = cpu_us(tracer.pid)
+            foreign = foreign_progs(tracer.pid)
         finally:
             res = tracer.stop()
             os.kill(idle.pid, signal.SIGTERM)
@@ -572,6 +734,7 @@ class Bench:
         log(
             f"{label}: {wrk.rps:,.0f} req/s, {served} served, seen {res.summary.get('requests seen')}, "
             f"collector {(cpu1 - cpu0) / 1e4 / wrk.seconds:.0f}% CPU; other CPU {other:.0f}%"
+            + self._tls_log(res, served)
         )
         return Run(
             label,
@@ -582,7 +745,17 @@ class Bench:
             summary=res.summary,
             other_cpu_pct=other,
             steal_pct=steal,
+            tls_uprobe_hits=res.tls_uprobe_hits,
+            tls_libraries=res.tls_libraries,
+            foreign_progs=foreign,
         )
+
+    def _tls_log(self, res: OtelbpfResult, served: int) -> str:
+        if not self.nginx.tls:
+            return ""
+        hits = "n/a" if res.tls_uprobe_hits is None else f"{res.tls_uprobe_hits / max(served, 1):.2f}"
+        libs = "n/a" if res.tls_libraries is None else res.tls_libraries
+        return f"; TLS uprobe hits per request {hits}, TLS libraries attached {libs}"
 
     def traced(
         self,
@@ -629,6 +802,7 @@ class Bench:
             cpu1 = cpu_us(tracer.pid)
             rcv1 = self.counter.cpu_us()
             progs1 = otelbpf_progs(tracer.pid)
+            foreign = foreign_progs(tracer.pid)
             if spy is not None:
                 spy.wait(30)
             time.sleep(0.5)  # let the last responses reach the ring
@@ -638,7 +812,7 @@ class Bench:
             raise
         res = tracer.stop()
         # Keep the collector's own words (governor decisions, warnings, summary) for each run.
-        tracer_log = Path("/tmp") / f"otelbpf-bench-{label.replace(' ', '-').replace('#', '')}.log"
+        tracer_log = Path("/tmp") / f"{self.log_prefix}{label.replace(' ', '-').replace('#', '')}.log"
         tracer_log.write_text("\n".join(tracer.err.lines) + "\n")
         served = self.nginx.requests_total() - before - 1
         spans = self.counter.settled_count() - spans0
@@ -656,18 +830,23 @@ class Bench:
             reasons=res.lost_reasons,
             other_cpu_pct=other,
             steal_pct=steal,
+            tls_uprobe_hits=res.tls_uprobe_hits,
+            tls_libraries=res.tls_libraries,
+            foreign_progs=foreign,
         )
         if bpf_stats:
             ns0, cnt0 = bpf_totals(progs0)
             ns1, cnt1 = bpf_totals(progs1)
             run.bpf_ns, run.bpf_runs, run.bpf_progs = ns1 - ns0, cnt1 - cnt0, len(progs1)
             run.bpf_by_prog = bpf_breakdown(progs0, progs1)
+            run.uprobe_runs = bpf_totals(uprobes(progs1))[1] - bpf_totals(uprobes(progs0))[1]
         run.recursion_misses = recursion_misses(progs1) - recursion_misses(progs0)
         log(
             f"{label}: {wrk.rps:,.0f} req/s, {served} served, {spans} spans, "
             f"seen {run.summary.get('requests seen')}, lost {run.lost} (shed {run.shed}), "
             f"collector {run.collector_cpu_window_us / 1e6 / wrk.seconds * 100:.0f}% CPU, "
             f"p99 {wrk.lat_p99_ms:.2f} ms, startup {tracer.startup_s:.1f}s; other CPU {other:.0f}%, steal {steal:.0f}%"
+            + self._tls_log(res, served)
         )
         return run
 
@@ -676,19 +855,30 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def calibrate(bench: Bench, script: Path, delay_ms: int, seconds: float) -> tuple[int, WrkResult]:
-    """Connections (each paced by delay()) for ~TARGET_RATE req/s untraced."""
-    conns = max(1, round(TARGET_RATE * delay_ms / 1000))
+def calibrate(
+    bench: Bench, script: Path, delay_ms: int, seconds: float, rate: int = TARGET_RATE
+) -> tuple[int, WrkResult]:
+    """Connections (each paced by delay()) for ~rate req/s untraced."""
+    conns = max(1, round(rate * delay_ms / 1000))
     best = None
     for _ in range(3):
         res = run_wrk(bench.nginx.url, conns, seconds, script)
         log(f"calibrate: {conns} connections -> {res.rps:,.0f} req/s")
         best = (conns, res)
-        if abs(res.rps - TARGET_RATE) / TARGET_RATE <= 0.02:
+        if abs(res.rps - rate) / rate <= 0.02:
             break
-        conns = max(1, round(conns * TARGET_RATE / res.rps))
+        conns = max(1, round(conns * rate / res.rps))
     assert best is not None
     return best
+
+
+def half_of(saturation_rps: float) -> int:
+    """Half the untraced saturation throughput, in whole hundreds: a rate the server has headroom for."""
+    return max(100, int(round(saturation_rps / 2, -2)))
+
+
+def rate_name(rate: int) -> str:
+    return f"{rate / 1000:g}k"  # 10000 -> "10k", 4500 -> "4.5k"
 
 
 # ---------------------------------------------------------------- profile
@@ -729,6 +919,10 @@ def machine() -> dict[str, str]:
     }
 
 
+def openssl_version() -> str:
+    return subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip() or "OpenSSL (unknown)"
+
+
 def fmt(x: float, digits: int = 0) -> str:
     if x != x:  # NaN
         return "n/a"
@@ -737,6 +931,28 @@ def fmt(x: float, digits: int = 0) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "**MISSED**"
+
+
+@dataclass
+class TlsSetup:
+    """The TLS side of a --tls run, for the report."""
+
+    openssl: str  # `openssl version`
+    negotiated: Counter[str]  # "TLSv1.3 TLS_AES_256_GCM_SHA384" -> requests of wrk's warm-up that used it
+
+    def protocol(self) -> str:
+        """ "TLS 1.3" when every logged request negotiated it, else what they did negotiate."""
+        protos = sorted({line.split()[0] for line in self.negotiated if line.split()})
+        return ", ".join(p.replace("TLSv", "TLS ") for p in protos) or "TLS, protocol not logged"
+
+    def negotiated_text(self) -> str:
+        total = sum(self.negotiated.values())
+        if not total:
+            return "nginx logged no request of wrk's warm-up, so the negotiated protocol is unknown"
+        if len(self.negotiated) == 1:
+            return f"wrk negotiated {next(iter(self.negotiated))} on all {fmt(total)} requests of its warm-up"
+        parts = [f"{k} on {fmt(n)}" for k, n in self.negotiated.most_common()]
+        return f"wrk negotiated {', '.join(parts)} of the {fmt(total)} requests of its warm-up"
 
 
 def report(
@@ -755,6 +971,9 @@ def report(
     nolimit10: Run | None,
     profile: tuple[list[tuple[str, float]], int] | None,
     profile_seconds: float,
+    rate: int = TARGET_RATE,
+    rate_note: str | None = None,
+    tls: TlsSetup | None = None,
 ) -> str:
     seconds_sat = sat_base[0].wrk.seconds
     b_rps = median([r.wrk.rps for r in sat_base])
@@ -783,15 +1002,39 @@ def report(
     def per(a: float, b: float, digits: int = 1) -> str:
         return fmt(a / b, digits) if b else "n/a"
 
-    lines = [
-        f"## nginx static file, HTTP/1.1 keep-alive ({env['date']})",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        f"Machine: {env['nproc']} CPUs ({env['cpu']}), kernel {env['kernel']}; nginx {env['nginx']} "
-        f"(1 worker, a {body_bytes}-byte static file), wrk {env['wrk']} (1 thread), Python {env['python']}. "
-        "nginx, wrk, the collector and the OTLP receiver share these CPUs.",
-        "",
+    def tls_hits(r: Run) -> str:
+        return "n/a" if r.tls_uprobe_hits is None else per(r.tls_uprobe_hits, r.served, 2)
+
+    def tls_libs(r: Run) -> str:
+        return "n/a" if r.tls_libraries is None else fmt(r.tls_libraries)
+
+    if tls is None:
+        lines = [
+            f"## nginx static file, HTTP/1.1 keep-alive ({env['date']})",
+            "",
+            f"Command: `{cmd}`",
+            "",
+            f"Machine: {env['nproc']} CPUs ({env['cpu']}), kernel {env['kernel']}; nginx {env['nginx']} "
+            f"(1 worker, a {body_bytes}-byte static file), wrk {env['wrk']} (1 thread), Python {env['python']}. "
+            "nginx, wrk, the collector and the OTLP receiver share these CPUs.",
+            "",
+        ]
+    else:
+        lines = [
+            f"## nginx static file over HTTPS ({tls.protocol()} keep-alive) ({env['date']})",
+            "",
+            f"Command: `{cmd}`",
+            "",
+            f"Machine: {env['nproc']} CPUs ({env['cpu']}), kernel {env['kernel']}; nginx {env['nginx']} "
+            f"(1 worker, a {body_bytes}-byte static file over TLS with a self-signed RSA-2048 certificate, "
+            f"ssl_protocols TLSv1.2 TLSv1.3), wrk {env['wrk']} (1 thread), {tls.openssl} (nginx and wrk both "
+            f"link libssl.so.3), Python {env['python']}. nginx, wrk, the collector and the OTLP receiver share "
+            "these CPUs.",
+            "",
+            tls.negotiated_text() + " (nginx logs the protocol and cipher of each request to /tls_check/).",
+            "",
+        ]
+    lines += [
         f"### Saturation: `wrk -t1 -c{sat_conns}`, {seconds_sat:.0f} s windows, "
         f"{len(sat_base)} untraced and {len(sat_traced)} traced alternated (medians)",
         "",
@@ -813,6 +1056,20 @@ def report(
         f"| spans exported ÷ requests served | – | {fmt(sat_spans_ratio, 3)} |",
         f"| shed by the in-kernel rate limit (per window) | – | {', '.join(fmt(x) for x in sat_shed)} |",
         f"| events lost, all reasons (per window) | – | {', '.join(fmt(x) for x in sat_lost)} |",
+    ]
+    if tls is not None:
+        lines += [
+            f"| TLS uprobe hits per request served (per window) | – | {', '.join(tls_hits(r) for r in sat_traced)} |",
+            f"| TLS libraries attached (per window) | – | {', '.join(tls_libs(r) for r in sat_traced)} |",
+        ]
+    hooks_tls = ""
+    if tls is not None:
+        hooks_tls = (
+            f" In that run, TLS uprobe hits per request served: {tls_hits(hooks)}; TLS libraries attached: "
+            f"{tls_libs(hooks)} (a uprobe on a shared library fires in every process that calls the function, "
+            "nginx and wrk included, before any target check)."
+        )
+    lines += [
         "",
         f"Throughput ratio traced ÷ untraced: **{ratio:.2f}** (target ≥ {TARGET_THROUGHPUT_RATIO}: "
         f"{verdict(ratio >= TARGET_THROUGHPUT_RATIO)}).",
@@ -821,7 +1078,7 @@ def report(
         f"runs the programs, which return at the target check): {fmt(hooks.wrk.rps)} req/s, "
         f"ratio {hooks.wrk.rps / b_rps:.2f}, the collector at {fmt(hooks_cpu)} % CPU, "
         f"{fmt(hooks.other_cpu_pct)} % CPU outside the benchmark. The remainder of the gap to the traced "
-        "run is the work done for traced requests: parsing in the kernel, the collector and the receiver.",
+        "run is the work done for traced requests: parsing in the kernel, the collector and the receiver." + hooks_tls,
         "",
     ]
     b = base10
@@ -829,6 +1086,10 @@ def report(
         f"### Fixed rate: `wrk -t1 -c{paced_conns}` with Lua `delay()` = {delay_ms} ms per connection, "
         f"{t.wrk.seconds:.0f} s",
         "",
+    ]
+    if rate_note:
+        lines += [rate_note, ""]
+    lines += [
         "| | " + " | ".join(c for c, _ in cols) + " |",
         "|---|" + "---:|" * len(cols),
         row("rate served (req/s)", fmt(b.wrk.rps), lambda r: fmt(r.wrk.rps)),
@@ -878,8 +1139,20 @@ def report(
             lambda r: f"{per(r.bpf_runs, r.served)}; {per(r.bpf_ns, r.bpf_runs, 0)}" if r.bpf_runs else "–",
         ),
         row("BPF program runs skipped by the kernel (recursion misses)", "–", lambda r: fmt(r.recursion_misses)),
+    ]
+    if tls is not None:
+        lines += [
+            row("**TLS uprobe hits per request served** (otelbpf's summary)", "–", lambda r: f"**{tls_hits(r)}**"),
+            row(
+                "uprobe program runs per request (bpf_stats)",
+                "–",
+                lambda r: per(r.uprobe_runs, r.served, 2) if r.bpf_runs else "not measured",
+            ),
+            row("TLS libraries attached", "–", tls_libs),
+        ]
+    lines += [
         "",
-        f"Targets (defaults): zero loss at 10k req/s: {verdict(t.lost == 0 and t.spans == t.served)} "
+        f"Targets (defaults): zero loss at {rate_name(rate)} req/s: {verdict(t.lost == 0 and t.spans == t.served)} "
         f"({fmt(t.lost)} lost, {fmt(spans_per_req, 4)} spans per request); "
         f"collector CPU ≤ {TARGET_US_PER_SPAN:g} µs/span: {verdict(us_per_span <= TARGET_US_PER_SPAN)} "
         f"({fmt(us_per_span, 1)} µs); throughput ratio ≥ {TARGET_THROUGHPUT_RATIO} at saturation: "
@@ -890,7 +1163,8 @@ def report(
         lines += [
             "BPF run time by program in the traced (defaults) fixed-rate window:",
             "",
-            "| program (attached tracepoint) | ns per request served | runs per request | ns per run |",
+            f"| program (attached {'tracepoint' if tls is None else 'tracepoint or uprobe'}) "
+            "| ns per request served | runs per request | ns per run |",
             "|---|---:|---:|---:|",
         ]
         for name, ns, cnt in t.bpf_by_prog[:8]:
@@ -925,8 +1199,17 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32, help="wrk connections at saturation")
     ap.add_argument("--rate-seconds", type=float, default=15.0, help="length of the fixed-rate windows")
     ap.add_argument("--delay-ms", type=int, default=10, help="pause of each connection after a response")
-    ap.add_argument("--skip-nolimit", action="store_true", help="skip the 10k run with the in-kernel rate limit off")
-    ap.add_argument("--profile", action="store_true", help="add a py-spy profile of the collector at 10k req/s")
+    ap.add_argument(
+        "--rate",
+        type=int,
+        default=TARGET_RATE,
+        help="fixed rate in req/s (lowered to half the untraced saturation throughput when that is below it)",
+    )
+    ap.add_argument(
+        "--skip-nolimit", action="store_true", help="skip the fixed-rate run with the in-kernel rate limit off"
+    )
+    ap.add_argument("--profile", action="store_true", help="add a py-spy profile of the collector at the fixed rate")
+    ap.add_argument("--tls", action="store_true", help="nginx over HTTPS (TLS 1.2/1.3, self-signed certificate)")
     ap.add_argument("--no-doc", action="store_true", help=f"do not append to {DOC.relative_to(ROOT)}")
     ap.add_argument("otelbpf_args", nargs="*", help="extra arguments for `otelbpf run` (after --)")
     args = ap.parse_args()
@@ -935,7 +1218,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/nginx_http.py needs root (eBPF)", file=sys.stderr)
         return 2
-    for tool in ("nginx", "wrk", "bpftool", "sysctl"):
+    for tool in ("nginx", "wrk", "bpftool", "sysctl", *(("openssl",) if args.tls else ())):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (make setup installs it)", file=sys.stderr)
             return 2
@@ -948,12 +1231,18 @@ def main() -> int:
     notes: list[str] = []
     t_start = time.monotonic()
     foreign = [p for p in bpf_progs() if p.get("type") == "tracepoint"]
+    foreign_uprobes = [p for p in bpf_progs() if p.get("type") == "kprobe"] if args.tls else []
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     if foreign:
         notes.append(
             f"{len(foreign)} other tracepoint BPF programs were loaded when the run started (other tools); "
             "they run on every traced syscall, untraced windows included."
+        )
+    if foreign_uprobes:
+        notes.append(
+            f"{len(foreign_uprobes)} other uprobe (kprobe-type) BPF programs were loaded when the run started "
+            "(other tools); if they sit in libssl they run in untraced windows too."
         )
     notes.append(f"1-minute load average at the start: {load}.")
 
@@ -963,12 +1252,23 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: sys.exit(128 + s))
     try:
-        nginx = Nginx(procs, tmp)
+        nginx = Nginx(procs, tmp, tls=args.tls)
         counter = SpanCounter(procs)
         bench = Bench(procs, nginx, counter, tmp, args.otelbpf_args)
         log(f"nginx master {nginx.master_pid} on {nginx.url}; receiver {counter.endpoint}")
 
-        run_wrk(nginx.url, sat_conns, 2)  # warm-up
+        tls = None
+        if args.tls:
+            warm = run_wrk(nginx.tls_check_url, sat_conns, 2)  # warm-up, logging what TLS wrk negotiates
+            tls = TlsSetup(openssl_version(), nginx.negotiated())
+            log(
+                f"warm-up over https: {warm.rps:,.0f} req/s, non-2xx {warm.non2xx}, errors {warm.errors}; "
+                + tls.negotiated_text()
+            )
+            if warm.non2xx or not warm.requests:
+                raise RuntimeError(f"wrk got no good answers over https: {warm}")
+        else:
+            run_wrk(nginx.url, sat_conns, 2)  # warm-up
         sat_base: list[Run] = []
         sat_traced: list[Run] = []
         for i in range(args.sat_rounds):
@@ -979,14 +1279,33 @@ def main() -> int:
 
         script = tmp / "paced.lua"
         script.write_text(PACED_LUA.format(delay_ms=args.delay_ms))
-        conns, _ = calibrate(bench, script, args.delay_ms, 3.0)
-        base10 = bench.untraced("10k untraced", conns, args.rate_seconds, script)
+        rate, rate_note = args.rate, None
+        sat_rps = median([r.wrk.rps for r in sat_base])
+        if sat_rps < rate:
+            rate = half_of(sat_rps)
+            rate_note = (
+                f"Untraced saturation ({fmt(sat_rps)} req/s, median) is below {fmt(args.rate)} req/s, so the fixed "
+                f"rate is half of it: {fmt(rate)} req/s."
+            )
+        conns, cal = calibrate(bench, script, args.delay_ms, 3.0, rate)
+        if cal.rps < 0.9 * rate and half_of(sat_rps) < rate:
+            log(f"calibration reached only {cal.rps:,.0f} of {rate:,} req/s untraced; using half of saturation")
+            rate_note = (
+                f"Paced untraced load reached only {fmt(cal.rps)} of {fmt(rate)} req/s, so the fixed rate is half "
+                f"the untraced saturation throughput ({fmt(sat_rps)} req/s, median): {fmt(half_of(sat_rps))} req/s."
+            )
+            rate = half_of(sat_rps)
+            conns, cal = calibrate(bench, script, args.delay_ms, 3.0, rate)
+        if rate_note:
+            log(rate_note)
+        at = rate_name(rate)
+        base10 = bench.untraced(f"{at} untraced", conns, args.rate_seconds, script)
         with bpf_stats_enabled():
-            traced10 = bench.traced("10k traced", conns, args.rate_seconds, script, bpf_stats=True)
+            traced10 = bench.traced(f"{at} traced", conns, args.rate_seconds, script, bpf_stats=True)
         nolimit10 = None
         if not args.skip_nolimit:
             nolimit10 = bench.traced(
-                "10k traced, no rate limit",
+                f"{at} traced, no rate limit",
                 conns,
                 args.rate_seconds,
                 script,
@@ -995,7 +1314,7 @@ def main() -> int:
         profile = None
         if args.profile:
             raw = tmp / "collector.pyspy.txt"
-            prof_run = bench.traced("10k traced + py-spy", conns, args.rate_seconds, script, profile=raw)
+            prof_run = bench.traced(f"{at} traced + py-spy", conns, args.rate_seconds, script, profile=raw)
             if raw.exists():
                 profile = profile_top(raw)
                 keep = Path(tempfile.gettempdir()) / "otelbpf-bench-collector.pyspy.txt"
@@ -1009,6 +1328,15 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     startup = median([r.otelbpf_startup_s for r in [*sat_traced, traced10]])
+    windows = [*sat_base, *sat_traced, hooks, base10, traced10, *([nolimit10] if nolimit10 else [])]
+    disturbed = [r for r in windows if r.foreign_progs]
+    if disturbed:
+        notes.append(
+            "Other tools' tracepoint or uprobe BPF programs were loaded at the end of "
+            f"{len(disturbed)} of {len(windows)} windows ("
+            + ", ".join(f"{r.label}: {r.foreign_progs}" for r in disturbed)
+            + "); they run on nginx's and wrk's calls in untraced windows too."
+        )
     notes += [
         "Requests served are nginx's own count (stub_status, read before the tracer starts and after it exits, "
         "minus the status request); wrk's count omits requests in flight when it stops.",
@@ -1019,7 +1347,9 @@ def main() -> int:
         "is taken from nginx, wrk and the collector and lowers the traced throughput. A collector on another "
         "machine would not cost this.",
         "BPF run time comes from kernel.bpf_stats_enabled=1 during the traced fixed-rate window (restored "
-        "after), summed over the tracepoint programs otelbpf loaded; it counts every run, including syscalls "
+        "after), summed over the tracepoint "
+        + ("and uprobe " if args.tls else "")
+        + "programs otelbpf loaded; it counts every run, including syscalls "
         "of wrk and other processes that the programs filter out early. Enabling the statistics itself adds a "
         "little to each run.",
         "otelbpf ran with its defaults (--sched-idle, --max-spans-per-second 20000, --min-spans-per-second 1000, "
@@ -1034,8 +1364,21 @@ def main() -> int:
         "CPU of processes outside the benchmark = the machine's user+nice+system time minus that of nginx, wrk, "
         "the collector and the receiver (interrupt and softirq time left out on both sides); high values mark "
         "windows disturbed by other work on the machine.",
-        f"Whole benchmark: {time.monotonic() - t_start:.0f} s.",
     ]
+    if args.tls:
+        notes += [
+            f"TLS uprobe hits per request = the line `{TLS_HITS_LINE}: N` of otelbpf's exit summary ÷ the requests "
+            "nginx served in that window; n/a where the summary had no such line. The probes sit in libssl.so.3, "
+            "which wrk links too, so wrk's own SSL_read/SSL_write calls count wherever the probes are attached to "
+            "every process; the bpf_stats row counts the runs of otelbpf's uprobe programs the same way.",
+            "The BPF run time of a uprobe program is only the time inside the program: the breakpoint trap and the "
+            "single-step around it that every uprobe hit costs are not in it; they show in the throughput.",
+            f"Every wrk window opens its connections afresh ({sat_conns} at saturation, {conns} at the fixed rate), "
+            "each with a full TLS handshake; keep-alive spreads that over the window.",
+            "The benchmark's own requests (readiness, stub_status) go over https without certificate checks; wrk "
+            "does not check certificates either.",
+        ]
+    notes.append(f"Whole benchmark: {time.monotonic() - t_start:.0f} s.")
     text = report(
         cmd,
         env,
@@ -1052,6 +1395,9 @@ def main() -> int:
         nolimit10,
         profile,
         args.rate_seconds,
+        rate,
+        rate_note,
+        tls,
     )
     print(text)
     if not args.no_doc:

@@ -831,10 +831,11 @@ static __always_inline int handle_io_exit(void *ctx, long ret)
 	return 0;
 }
 
-/* A TLS handshake record (ContentType 22, version 3.x) starts the connection. */
+/* A TLS record header: handshake (22) on a fresh connection, or application data (23) on one
+ * that was open before otelbpf started; version 3.x. */
 static __always_inline int is_tls_start(const char *p)
 {
-	return p[0] == 0x16 && p[1] == 0x03 && (u8)p[2] <= 0x04;
+	return (p[0] == 0x16 || p[0] == 0x17) && p[1] == 0x03 && (u8)p[2] <= 0x04;
 }
 
 /* The per-connection state machine for one read or write of HTTP/1.x bytes: the socket's own, or

@@ -127,7 +127,8 @@ static __always_inline void tls_bind(struct conn_key *key, struct io_args *io, u
 {
 	struct conn_state *st = conns.lookup(key);
 	if (!io->sk) {
-		if (!st || !st->ev.sock_id)
+		/* Calls that move no plaintext (want-read during a handshake) need no socket. */
+		if (io->ret > 0 && (!st || !st->ev.sock_id))
 			count(OTELBPF_STAT_TLS_UNBOUND);
 		return;
 	}

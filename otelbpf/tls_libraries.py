@@ -33,7 +33,7 @@ _ALL_SYMBOLS = frozenset(name for required, optional in HOOKABLE.values() for na
 # A library file named like this is the shared TLS library itself; anything else exporting the API embeds it.
 _SHARED_NAME = re.compile(r"^lib(ssl|gnutls)[^/]*\.so(\.|$)")
 _DELETED = " (deleted)"
-_LDCONFIG_LINE = re.compile(r"^\s*(\S+)\s+\(([^)]*)\)\s+=>\s+(/.+)$")
+_LDCONFIG_LINE = re.compile(r"^\s*(\S+)\s+\(.*\)\s+=>\s+(/.+)$")  # "\tlibssl.so.3 (libc6,x86-64) => /lib/..."
 _FALLBACK_GLOBS = tuple(
     f"{root}/{name}"
     for root in ("/usr/lib/*", "/lib/*", "/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/local/lib*")
@@ -73,7 +73,7 @@ def _inspect(path: str) -> TlsLibrary | None:
         if not all(name in exported for name in required):
             continue
         # A compatibility layer (libgnutls-openssl exports SSL_read over gnutls_record_recv) does its I/O through
-        # another hooked library: hooking it too would report every read twice, with a foreign SSL struct.
+        # another hooked library: hooking it too would report every read twice, and its SSL* is not OpenSSL's.
         others = {name for other, (req, _) in HOOKABLE.items() if other != kind for name in req}
         if imported_functions(path, others):
             logger.debug("%s: exports the %s API over another TLS library; not hooked", path, kind)
@@ -135,7 +135,7 @@ def _ldconfig_paths() -> list[str]:
     for line in out.splitlines():
         match = _LDCONFIG_LINE.match(line)
         if match and is_candidate(match.group(1)):
-            paths.append(match.group(3))
+            paths.append(match.group(2))
     return paths
 
 
