@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 KREL := $(shell uname -r)
-APT_PACKAGES := python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils
+APT_PACKAGES := python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils openssl wget nodejs
 
 .PHONY: setup demo test unit integration bench bench-https lint clean
 

@@ -205,7 +205,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     tls.add_argument(
         "--tls-library",
         action="append",
-        default=[p for p in env.get("OTELBPF_TLS_LIBRARIES", "").split(",") if p],
+        # append onto an environment default would merge the two; flags replace it instead (main()).
+        default=None,
         metavar="PATH",
         help="also hook this library or binary, before any process maps it (repeatable; env "
         "OTELBPF_TLS_LIBRARIES, comma-separated). The system's libssl/libgnutls and whatever traced "
@@ -224,9 +225,17 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     return parser
 
 
+def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
+    """Parse the command line; list options given no flag take their environment variable."""
+    args = build_parser(env).parse_args(argv)
+    if getattr(args, "tls_library", []) is None:
+        args.tls_library = [p.strip() for p in env.get("OTELBPF_TLS_LIBRARIES", "").split(",") if p.strip()]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otelbpf`` command."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv, os.environ)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="otelbpf: %(levelname)s: %(message)s",

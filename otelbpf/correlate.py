@@ -162,7 +162,7 @@ class SpanBuilder:
             attrs["server.address"] = server_addr
             if server_port:
                 attrs["server.port"] = server_port
-            if head:
+            if head and server_addr:  # no Host header and no socket: no URL to name
                 authority = f"[{server_addr}]" if ":" in server_addr else server_addr
                 if server_port and server_port != default_port:
                     authority += f":{server_port}"

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=${APT_PACKAGES:-"python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils"}
+APT_PACKAGES=${APT_PACKAGES:-"python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils openssl wget nodejs"}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (it installs packages and links kernel headers)" >&2

@@ -256,3 +256,47 @@ def test_resource_attribute_parsing_and_language() -> None:
     assert detect_language("python3.11") == "python"
     assert detect_language("node") == "nodejs"
     assert detect_language("nginx") == "native"
+
+
+def test_https_server_span(builder: SpanBuilder) -> None:
+    """TLS plaintext gives the same span as plain HTTP, with the https scheme and the library."""
+    span = builder.build(event(CURL, tls=events.TLS_OPENSSL))
+    plain = builder.build(event(CURL))
+    assert span.attributes["url.scheme"] == "https"
+    assert span.attributes["otelbpf.tls.library"] == "openssl"
+    rest = {k: v for k, v in span.attributes.items() if k not in ("url.scheme", "otelbpf.tls.library")}
+    assert rest == {k: v for k, v in plain.attributes.items() if k != "url.scheme"}
+    assert span.name == plain.name
+    assert "SECRET" not in repr(span)
+
+
+@pytest.mark.parametrize(
+    ("host", "peer_port", "url"),
+    [
+        ("api.local", 443, "https://api.local/v1/x"),  # default port left out
+        ("api.local:8443", 8443, "https://api.local:8443/v1/x"),
+        ("api.local:80", 80, "https://api.local:80/v1/x"),  # 80 is not https's default
+    ],
+)
+def test_https_client_url_full(builder: SpanBuilder, host: str, peer_port: int, url: str) -> None:
+    req = f"GET /v1/x HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    ev = event(req, role=events.ROLE_CLIENT, tls=events.TLS_GNUTLS, local_port=51000, peer_port=peer_port)
+    span = builder.build(ev)
+    assert span.attributes["url.full"] == url
+    assert span.attributes["otelbpf.tls.library"] == "gnutls"
+    assert span.attributes["server.port"] == peer_port
+
+
+def test_tls_span_without_a_known_socket(builder: SpanBuilder) -> None:
+    """A TLS session whose socket was never seen: no made-up port 0 or addresses."""
+    req = b"GET /a HTTP/1.1\r\nUser-Agent: x\r\n\r\n"
+    ev = event(req, tls=events.TLS_OPENSSL, family=0, local_port=0, peer_port=0, local_addr=b"\0" * 16)
+    span = builder.build(ev)
+    assert "server.port" not in span.attributes
+    assert "network.peer.address" not in span.attributes
+    assert "client.address" not in span.attributes
+    client = builder.build(
+        event(req, role=events.ROLE_CLIENT, tls=events.TLS_OPENSSL, family=0, local_port=0, peer_port=0)
+    )
+    assert "server.port" not in client.attributes
+    assert "url.full" not in client.attributes  # no Host header and no socket: nothing to name

@@ -407,3 +407,16 @@ def test_decode_process_rejects_bad_records() -> None:
     struct.pack_into("<I", too_long, events.PROCESS_LAYOUT["args_len"][0], events.ARGS_LEN + 1)
     with pytest.raises(DecodeError):
         events.decode_process(bytes(too_long))
+
+
+def test_unknown_tls_library_is_malformed() -> None:
+    def record(tls: int) -> bytes:
+        raw = bytearray(events.http_event_size())
+        rest = [200, 0, 1, 2, 0, 10, 20, 0, 0, 0, b"comm", b"", b"", 80, 5000, 2]
+        events.HTTP_HEADER.pack_into(raw, 0, events.EVENT_HTTP, events.ROLE_SERVER, 0, tls, *rest)
+        return bytes(raw)
+
+    with pytest.raises(events.DecodeError, match="unknown TLS library 9"):
+        events.decode(record(9))
+    assert events.decode(record(events.TLS_GNUTLS)).tls == events.TLS_GNUTLS
+    assert events.decode(record(events.TLS_NONE)).tls == events.TLS_NONE
