@@ -251,6 +251,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	/* Threads enter the table through the fork hook too; drop each id as its task ends. */
 	u32 pid = args->pid;
 	targets.delete(&pid);
+	/* A thread that dies inside a call never reaches the return probe or sys_exit: without this,
+	 * its entries would hold a slot in the per-thread tables for the rest of the run. */
+	u64 id = bpf_get_current_pid_tgid();
+	active_io.delete(&id);
+	tls_calls.delete(&id);
+	thread_tls_sock.delete(&id);
 	return 0;
 }
 
