@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -17,12 +18,17 @@ import psutil
 import pytest
 
 from tests.integration.helpers import (
+    NODE,
+    PYTHON,
     SERVERS,
     OtelbpfRun,
     Server,
+    TlsCert,
     clean_env,
     free_port,
+    make_tls_cert,
     start_script_server,
+    start_server,
     stop_process,
 )
 from tests.otlp_receiver import OtlpReceiver
@@ -124,12 +130,16 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_flags};
         root {d}/www;
-        location = /fail {{ return 500; }}
+        location = /fail {{ return 500; }}{server_extra}
     }}
 }}
 """
+
+NGINX_TLS = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};"""
 
 STATIC_FILES = {
     "static.txt": b"static file served by nginx\n" * 20,
@@ -139,11 +149,14 @@ STATIC_FILES = {
 }
 
 
-def _nginx_ready(proc: subprocess.Popen, port: int, timeout: float = 15.0) -> bool:
+def _nginx_ready(
+    proc: subprocess.Popen, port: int, timeout: float = 15.0, scheme: str = "http", ca: Path | None = None
+) -> bool:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/one.txt", timeout=2) as resp:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/one.txt", timeout=2, context=context) as resp:
                 if resp.status == 200 and psutil.Process(proc.pid).children():
                     return True
         except OSError:
@@ -152,20 +165,21 @@ def _nginx_ready(proc: subprocess.Popen, port: int, timeout: float = 15.0) -> bo
     return False
 
 
-@pytest.fixture(scope="module")
-def nginx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """nginx (master + 1 worker) on a free port: static files, /fail returns 500, no access log."""
+def _start_nginx(d: Path, tls: TlsCert | None = None) -> Server:
+    """nginx (master + 1 worker) from NGINX_CONF in directory ``d``, on a free port; HTTPS with ``tls``."""
     nginx = shutil.which("nginx")
     assert nginx, "nginx is not installed (make setup installs nginx-light)"
-    d = tmp_path_factory.mktemp("nginx")
     (d / "www").mkdir()
     for name, body in STATIC_FILES.items():
         (d / "www" / name).write_bytes(body)
+    scheme = "https" if tls else "http"
+    flags = " ssl" if tls else ""
+    extra = NGINX_TLS.format(cert=tls.cert, key=tls.key) if tls else ""
     last_err = ""
     for _ in range(3):  # a free port can be taken between the probe and nginx's bind
         port = free_port()
         conf = d / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(d=d, port=port))
+        conf.write_text(NGINX_CONF.format(d=d, port=port, listen_flags=flags, server_extra=extra))
         with open(d / "nginx.stderr", "wb") as err:
             proc = subprocess.Popen(
                 [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf), "-g", "daemon off;"],
@@ -173,16 +187,61 @@ def nginx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
-        if _nginx_ready(proc, port):
-            break
+        if _nginx_ready(proc, port, scheme=scheme, ca=tls.cert if tls else None):
+            return Server(proc, port, "nginx", scheme)
         stop_process(proc)
         last_err = (d / "nginx.stderr").read_text() + (d / "error.log").read_text()
-    else:
-        pytest.fail(f"nginx did not start: {last_err}")
+    pytest.fail(f"nginx did not start: {last_err}")
+
+
+@pytest.fixture(scope="module")
+def nginx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """nginx (master + 1 worker) on a free port: static files, /fail returns 500, no access log."""
+    server = _start_nginx(tmp_path_factory.mktemp("nginx"))
     try:
-        yield Server(proc, port, "nginx")
+        yield server
     finally:
-        stop_process(proc)
+        stop_process(server.proc)
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> TlsCert:
+    """A self-signed certificate and key for localhost / 127.0.0.1; clients trust ``tls_cert.cert`` as CA."""
+    return make_tls_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def nginx_tls_server(tmp_path_factory: pytest.TempPathFactory, tls_cert: TlsCert) -> Iterator[Server]:
+    """nginx_server over HTTPS (``listen ... ssl``, libssl.so.3's SSL_read/SSL_write); url() gives https URLs."""
+    server = _start_nginx(tmp_path_factory.mktemp("nginx-tls"), tls_cert)
+    try:
+        yield server
+    finally:
+        stop_process(server.proc)
+
+
+@pytest.fixture(scope="module")
+def py_tls_server(tmp_path_factory: pytest.TempPathFactory, tls_cert: TlsCert) -> Iterator[Server]:
+    """servers/app.py over HTTPS (python's ssl: SSL_read_ex/SSL_write_ex); url() gives https URLs."""
+    log = tmp_path_factory.mktemp("app-tls") / "app.stderr"
+    argv = [PYTHON, str(SERVERS / "app.py"), "--tls-cert", str(tls_cert.cert), "--tls-key", str(tls_cert.key)]
+    server = start_server(argv, name="app.py", log=log, scheme="https")
+    try:
+        yield server
+    finally:
+        stop_process(server.proc)
+
+
+@pytest.fixture(scope="module")
+def node_https_server(tmp_path_factory: pytest.TempPathFactory, tls_cert: TlsCert) -> Iterator[Server]:
+    """servers/node_https.js (node's statically linked OpenSSL); url() gives https URLs."""
+    log = tmp_path_factory.mktemp("node-https") / "node.stderr"
+    argv = [NODE, str(SERVERS / "node_https.js"), str(tls_cert.cert), str(tls_cert.key)]
+    server = start_server(argv, name="node_https.js", log=log, scheme="https")
+    try:
+        yield server
+    finally:
+        stop_process(server.proc)
 
 
 @pytest.fixture(scope="session")

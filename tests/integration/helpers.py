@@ -6,13 +6,16 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -24,6 +27,7 @@ REPO = HERE.parents[1]
 SERVERS = HERE / "servers"
 CLIENTS = HERE / "clients"
 PYTHON = sys.executable
+NODE = shutil.which("node") or "/usr/bin/node"
 OTELBPF = str(REPO / ".venv" / "bin" / "otelbpf")
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -91,26 +95,39 @@ class Server:
     proc: subprocess.Popen
     port: int
     script: str = ""
+    scheme: str = "http"
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
 
-def start_script_server(script: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> Server:
-    """Start one of the python scripts in servers/ and wait until it listens."""
+def start_server(
+    argv: Sequence[str],
+    *,
+    name: str = "",
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    scheme: str = "http",
+) -> Server:
+    """Start a server command that prints "PORT <n>" on stdout once it listens, and wait for that line."""
     with open(log or os.devnull, "wb") as stderr:
         proc = subprocess.Popen(
-            [PYTHON, str(script), *args],
+            list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=env or clean_env(),
         )
-    return Server(proc, read_port_line(proc), script.name)
+    return Server(proc, read_port_line(proc), name, scheme)
+
+
+def start_script_server(script: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> Server:
+    """Start one of the python scripts in servers/ and wait until it listens."""
+    return start_server([PYTHON, str(script), *args], name=script.name, env=env, log=log)
 
 
 def curl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -122,15 +139,30 @@ def curl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 class PausedClient:
-    """clients/http_client.py started paused: trace its pid, then let it go."""
+    """A client process started paused: trace its pid, then let it go.
 
-    def __init__(self, mode: str, urls: list[str]) -> None:
+    By default clients/http_client.py MODE URL...; ``argv`` runs any other command that speaks the same
+    protocol on stdin/stdout: print "paused" once ready, read "go", make its requests, print one JSON
+    line of results, then stay alive until stdin closes (clients/node_https_client.js,
+    clients/late_tls_client.py, clients/run_paused.py).
+    """
+
+    def __init__(
+        self,
+        mode: str = "",
+        urls: Sequence[str] = (),
+        *,
+        argv: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if argv is None:
+            argv = [PYTHON, str(CLIENTS / "http_client.py"), mode, *urls]
         self.proc = subprocess.Popen(
-            [PYTHON, str(CLIENTS / "http_client.py"), mode, *urls],
+            list(argv),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=clean_env(),
+            env=env or clean_env(),
             text=True,
         )
         assert self.proc.stdout is not None
@@ -144,16 +176,20 @@ class PausedClient:
     def pid(self) -> int:
         return self.proc.pid
 
-    def go(self) -> list[dict]:
-        """Let the client make its requests; return its per-URL results. It stays alive until stop()."""
+    def say(self, word: str) -> str:
+        """Write one line to the client and return the line it answers with (fails if it exits instead)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("go\n")
+        self.proc.stdin.write(f"{word}\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()  # every request has a 10 s timeout in the client
+        line = self.proc.stdout.readline()  # every request has a 10 s timeout in the clients
         if not line:
             err = self.proc.stderr.read() if self.proc.stderr else ""
-            pytest.fail(f"client failed ({self.proc.wait()}): {err}")
-        return json.loads(line)
+            pytest.fail(f"client failed after {word!r} ({self.proc.wait()}): {err}")
+        return line.strip()
+
+    def go(self) -> Any:
+        """Let the client make its requests; return its JSON results. It stays alive until stop()."""
+        return json.loads(self.say("go"))
 
     def stop(self) -> None:
         if self.proc.stdin and not self.proc.stdin.closed:
@@ -309,3 +345,54 @@ def all_values(span: ReceivedSpan) -> list[str]:
             out.append(k)
             out.append(v if isinstance(v, str) else repr(v))
     return out
+
+
+@dataclass(frozen=True)
+class TlsCert:
+    """A self-signed certificate for CN=localhost and IP 127.0.0.1; clients trust ``cert`` as their CA file."""
+
+    cert: Path
+    key: Path
+
+
+def make_tls_cert(directory: Path) -> TlsCert:
+    """Create a self-signed RSA certificate and key (valid two days) with the openssl CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    # fmt: off
+    res = subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    # fmt: on
+    if res.returncode != 0:
+        pytest.fail(f"openssl req failed ({res.returncode}): {res.stderr}")
+    return TlsCert(cert, key)
+
+
+def mapped_files(pid: int) -> set[str]:
+    """Paths of the files a process has mapped, from /proc/PID/maps."""
+    out = set()
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                out.add(fields[5].strip())
+    return out
+
+
+def wait_for_stderr_line(run: OtelbpfRun, *parts: str, timeout: float = 15.0) -> str:
+    """Wait for a line of otelbpf's stderr that contains every one of ``parts``; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in run.stderr().splitlines():
+            if all(part in line for part in parts):
+                return line
+        if run.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"otelbpf logged no line with {parts} within {timeout}s:\n{run.stderr()}")

@@ -1,4 +1,4 @@
-"""SERVER spans of nginx (master pid given; the worker is its child), which uses recvfrom/writev."""
+"""SERVER spans of nginx (master pid given; the worker is its child): recvfrom/writev, or SSL_read/SSL_write."""
 
 from __future__ import annotations
 
@@ -25,13 +25,21 @@ N = 23
 FAILS = 5
 
 
-def test_nginx_keepalive_static_and_500(nginx_server, otelbpf, receiver):
-    workers = {p.pid for p in psutil.Process(nginx_server.pid).children()}
-    run = otelbpf("--pid", str(nginx_server.pid), receiver=receiver)
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_nginx_keepalive_static_and_500(request, scheme, otelbpf, receiver):
+    """N static files and FAILS 500s from one curl over one keep-alive connection (one TLS session for https)."""
+    if scheme == "https":
+        server = request.getfixturevalue("nginx_tls_server")
+        # Verify against the test CA; HTTP/1.1 so ALPN cannot pick h2.
+        tls = ["--http1.1", "--cacert", str(request.getfixturevalue("tls_cert").cert)]
+    else:
+        server, tls = request.getfixturevalue("nginx_server"), []
+    workers = {p.pid for p in psutil.Process(server.pid).children()}
+    run = otelbpf("--pid", str(server.pid), receiver=receiver)
     t0 = time.time_ns()
     # One curl invocation, several URLs: one keep-alive connection.
-    out = curl("-w", "%{http_code} %{num_connects}\n", *["-o", "/dev/null"] * N, *[nginx_server.url("/static.txt")] * N)
-    fails = curl("-w", "%{http_code}\n", *["-o", "/dev/null"] * FAILS, *[nginx_server.url("/fail")] * FAILS)
+    out = curl(*tls, "-w", "%{http_code} %{num_connects}\n", *["-o", "/dev/null"] * N, *[server.url("/static.txt")] * N)
+    fails = curl(*tls, "-w", "%{http_code}\n", *["-o", "/dev/null"] * FAILS, *[server.url("/fail")] * FAILS)
     t1 = time.time_ns()
     settle(receiver, N + FAILS)
     res = run.stop()
@@ -47,15 +55,22 @@ def test_nginx_keepalive_static_and_500(nginx_server, otelbpf, receiver):
     bad = [s for s in spans if s.attributes.get("url.path") == "/fail"]
     assert len(ok) == N and len(bad) == FAILS
     for s in spans:
+        a = s.attributes
         assert s.kind == SERVER
         assert s.resource["service.name"] == "nginx"
         assert s.resource["process.pid"] in workers
-        assert s.attributes["server.port"] == nginx_server.port
-        assert s.attributes["user_agent.original"].startswith("curl/")
+        assert a["url.scheme"] == scheme
+        assert a.get("otelbpf.tls.library") == ("openssl" if tls else None)
+        assert a["http.request.method"] == "GET"
+        assert a["server.port"] == server.port
+        assert a["client.address"] == "127.0.0.1"
+        assert a["network.peer.address"] == "127.0.0.1"
+        assert a["user_agent.original"].startswith("curl/")
     for s in ok:
         assert s.name == "GET /static.txt"
         assert s.attributes["http.response.status_code"] == 200
         assert s.status_code == STATUS_UNSET
+        assert "error.type" not in s.attributes
         assert s.attributes["http.response.size"] > len(STATIC_FILES["static.txt"])
     assert len({s.attributes["client.port"] for s in ok}) == 1
     for s in bad:

@@ -41,8 +41,7 @@ def connect(port: int) -> socket.socket:
 
 def pieces(port: int, path: str) -> dict:
     head = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: raw-client/1\r\n"
-        "Connection: close\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: raw-client/1\r\nConnection: close\r\n\r\n"
     ).encode()
     split = len(f"GET {path} HTTP/1.1\r\nHo")
     with connect(port) as sock:

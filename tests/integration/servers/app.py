@@ -1,6 +1,8 @@
 """A small uninstrumented HTTP/1.1 app (ThreadingHTTPServer) for the integration tests.
 
 Binds 127.0.0.1 on the given port (0: a free one) and prints "PORT <n>" on stdout once listening.
+With --tls-cert and --tls-key the same routes are served over HTTPS (the ssl module: OpenSSL's
+SSL_read_ex/SSL_write_ex in libssl.so.3); each connection's handshake runs in its handler thread.
 
 Routes (GET unless noted):
   /items/<id>  200, Content-Length body
@@ -16,6 +18,7 @@ Routes (GET unless noted):
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # here, not in accept(): a slow client must not stall the others
+        super().setup()
 
     def _reply(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -80,9 +88,17 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert", metavar="PATH", help="serve HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key", metavar="PATH", help="the certificate's PEM private key")
     args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     print(f"PORT {server.server_address[1]}", flush=True)
     sys.stdout.close()
     server.serve_forever(poll_interval=0.1)
