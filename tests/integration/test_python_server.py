@@ -1,18 +1,27 @@
-"""SERVER spans of a python http.server app traced by --pid, driven by curl and by client subprocesses."""
+"""SERVER spans of a python http.server app traced by --pid, driven by curl and by client subprocesses.
+
+The span rules (split and chunked bodies, POST bodies, secrets, status rules, a connection closed
+mid-request) run over plain HTTP and over TLS alike: the ``app`` fixture gives either.
+"""
 
 from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.integration.helpers import (
     CLIENT,
+    CLIENTS,
+    PYTHON,
     SERVER,
     STATUS_ERROR,
     STATUS_UNSET,
     PausedClient,
+    Server,
     all_values,
     assert_in_window,
     assert_summary,
@@ -26,6 +35,28 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 N = 23
+
+
+@dataclass
+class App:
+    """servers/app.py over one scheme, and how curl and the python client reach it."""
+
+    server: Server
+    curl: list[str]  # extra curl options
+    ca: Path | None = None
+
+    def client(self, mode: str, urls: list[str]) -> PausedClient:
+        ca = ["--ca", str(self.ca)] if self.ca else []
+        return PausedClient(argv=[PYTHON, str(CLIENTS / "http_client.py"), *ca, mode, *urls])
+
+
+@pytest.fixture(params=["http", "https"])
+def app(request: pytest.FixtureRequest) -> App:
+    if request.param == "https":
+        cert = request.getfixturevalue("tls_cert").cert
+        # Verify against the test CA; HTTP/1.1 so ALPN cannot pick h2.
+        return App(request.getfixturevalue("py_tls_server"), ["--http1.1", "--cacert", str(cert)], cert)
+    return App(request.getfixturevalue("py_server"), [])
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -103,15 +134,15 @@ def test_keepalive_session(py_server, otelbpf, receiver):
     assert_in_window(spans, t0, t1)
 
 
-def test_chunked_and_split_responses(py_server, otelbpf, receiver, tmp_path):
-    """Bodies written in several writes; http.response.size is every byte on the wire, as curl got them."""
-    run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+def test_chunked_and_split_responses(app, otelbpf, receiver, tmp_path):
+    """Bodies written in several writes; http.response.size is every byte of the response, as curl got them."""
+    run = otelbpf("--pid", str(app.server.pid), receiver=receiver)
     sizes: dict[str, list[int]] = {"/chunked": [], "/split": []}
     body_file = tmp_path / "body"
     t0 = time.time_ns()
     for path in ("/chunked", "/split") * 3:
         # --raw keeps the chunk framing in the saved body (curl's size_download would count decoded bytes).
-        out = curl("--raw", "-o", str(body_file), "-w", "%{http_code} %{size_header}", py_server.url(path))
+        out = curl(*app.curl, "--raw", "-o", str(body_file), "-w", "%{http_code} %{size_header}", app.server.url(path))
         code, header = (int(x) for x in out.stdout.split())
         assert code == 200
         sizes[path].append(header + body_file.stat().st_size)
@@ -129,6 +160,7 @@ def test_chunked_and_split_responses(py_server, otelbpf, receiver, tmp_path):
             assert s.kind == SERVER
             assert s.status_code == STATUS_UNSET
             assert s.attributes["http.response.status_code"] == 200
+            assert s.attributes["url.scheme"] == app.server.scheme
             assert s.end_ns > s.start_ns
         assert sorted(s.attributes["http.response.size"] for s in got) == sorted(sizes[path]), path
     assert_in_window(spans, t0, t1)
@@ -155,10 +187,11 @@ def test_request_head_read_in_pieces(py_server, otelbpf, receiver):
 SECRET = "SECRET-MARKER-5d1f"
 
 
-def test_post_body_and_secrets_not_exported(py_server, otelbpf, receiver):
+def test_post_body_and_secrets_not_exported(app, otelbpf, receiver):
     body = f"password={SECRET}&x=1"
-    run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+    run = otelbpf("--pid", str(app.server.pid), receiver=receiver)
     out = curl(
+        *app.curl,
         "-o",
         "/dev/null",
         "-w",
@@ -167,7 +200,7 @@ def test_post_body_and_secrets_not_exported(py_server, otelbpf, receiver):
         f"Authorization: Bearer {SECRET}",
         "-d",
         body,
-        py_server.url(f"/items/1?token={SECRET}"),
+        app.server.url(f"/items/1?token={SECRET}"),
     )
     settle(receiver, 1)
     res = run.stop()
@@ -180,6 +213,7 @@ def test_post_body_and_secrets_not_exported(py_server, otelbpf, receiver):
     assert s.name == "POST /items/{id}"
     assert s.attributes["http.request.method"] == "POST"
     assert s.attributes["url.path"] == "/items/1"
+    assert s.attributes["url.scheme"] == app.server.scheme
     assert s.attributes["http.request.size"] >= len(body)
     assert s.attributes["http.request.size"] == size_request  # curl's count includes the body
     assert "url.query" not in s.attributes
@@ -187,11 +221,11 @@ def test_post_body_and_secrets_not_exported(py_server, otelbpf, receiver):
     assert leaked == []
 
 
-def test_server_status_rules(py_server, otelbpf, receiver):
+def test_server_status_rules(app, otelbpf, receiver):
     """Servers: 5xx is an error, 4xx is not; /slow lasts at least its 50 ms sleep."""
-    run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+    run = otelbpf("--pid", str(app.server.pid), receiver=receiver)
     for path, code in (("/error", 500), ("/missing", 404), ("/slow", 200)):
-        out = curl("-o", "/dev/null", "-w", "%{http_code}", py_server.url(path))
+        out = curl(*app.curl, "-o", "/dev/null", "-w", "%{http_code}", app.server.url(path))
         assert int(out.stdout) == code
     settle(receiver, 3)
     res = run.stop()
@@ -209,11 +243,11 @@ def test_server_status_rules(py_server, otelbpf, receiver):
     assert slow.end_ns - slow.start_ns >= 50_000_000
 
 
-def test_connection_closed_without_response(py_server, otelbpf, receiver):
+def test_connection_closed_without_response(app, otelbpf, receiver):
     """/close reads the request and hangs up: an ERROR span on the server and on the client."""
-    client = PausedClient("urllib", [py_server.url("/close")])
+    client = app.client("urllib", [app.server.url("/close")])
     try:
-        run = otelbpf("--pid", str(py_server.pid), "--pid", str(client.pid), receiver=receiver)
+        run = otelbpf("--pid", str(app.server.pid), "--pid", str(client.pid), receiver=receiver)
         results = client.go()
         settle(receiver, 2)
         res = run.stop()
@@ -222,7 +256,7 @@ def test_connection_closed_without_response(py_server, otelbpf, receiver):
     assert results[0]["status"] is None and results[0]["error"], results
     spans = receiver.spans()
     assert_summary(res, requests=2, exported=2)
-    server = by_pid(spans, py_server.pid)
+    server = by_pid(spans, app.server.pid)
     clients = by_pid(spans, client.pid)
     assert len(server) == 1 and len(clients) == 1, [(s.name, s.resource.get("process.pid")) for s in spans]
     for s, kind in ((server[0], SERVER), (clients[0], CLIENT)):
@@ -231,4 +265,5 @@ def test_connection_closed_without_response(py_server, otelbpf, receiver):
         assert s.status_code == STATUS_ERROR
         assert "http.response.status_code" not in s.attributes
         assert s.attributes["error.type"] == "connection_closed"
+        assert s.attributes["url.scheme"] == app.server.scheme
         assert s.end_ns >= s.start_ns
