@@ -87,6 +87,7 @@ struct conn_state {
 	u8 peer_closed;
 	u8 check_pipeline; /* a response completed: look for a queued request (tail call 1) */
 	u64 tls_conn; /* on a PROTO_TLS socket: the TLS session riding on it, ended with the socket */
+	u8 tls_guessed; /* TLS session: its socket is the thread's last one, not one seen in a call */
 };
 
 /* A socket's own bytes are keyed (tgid, fd, 0); TLS plaintext (tgid, 0, session), because a
@@ -169,6 +170,8 @@ BPF_PROG_ARRAY(progs, 2);
 BPF_TABLE("lru_hash", u64, struct tls_sock, thread_tls_sock, MAX_THREADS_IN_IO);
 /* TLS library calls in flight (tls.bpf.c), by thread id. */
 BPF_HASH(tls_calls, u64, struct tls_call, MAX_THREADS_IN_IO);
+/* Processes seen doing socket I/O inside a TLS call (socket BIO), by tgid: never guessed for. */
+BPF_TABLE("lru_hash", u32, u8, tls_socket_bio, MAX_TARGETS);
 /* Finished requests for user space. */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -745,6 +748,11 @@ static __always_inline void tls_note_socket(u64 id, u32 fd, u64 sk)
 	if (tc) {
 		tc->sk = sk;
 		tc->fd = fd;
+		u32 tgid = id >> 32;
+		if (!tls_socket_bio.lookup(&tgid)) {
+			u8 one = 1;
+			tls_socket_bio.update(&tgid, &one);
+		}
 	}
 }
 
@@ -905,8 +913,12 @@ static __always_inline int conn_data(struct conn_key *key, struct io_args *io, u
 		if (proto == PROTO_TLS)
 			return 0;
 	}
-	if (!st->ev.sock_id)
+	if (!st->ev.sock_id && io->sk) {
 		st->ev.sock_id = io->sk;
+		st->tls_guessed = io->sk_inferred;
+		if (io->sk_inferred)
+			count(OTELBPF_STAT_TLS_GUESSED);
+	}
 	if (st->proto == PROTO_UNKNOWN) {
 		/* The first bytes on a fresh connection decide: HTTP/1.x request, TLS, or something else. */
 		if (!method) {

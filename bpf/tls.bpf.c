@@ -9,8 +9,11 @@
  * Which socket a session rides on:
  *  - a syscall made inside the call on the same thread (socket BIO: OpenSSL's default, GnuTLS)
  *    is authoritative; sockets.bpf.c notes it in tls_calls;
- *  - otherwise (memory BIO: node does its socket I/O outside the call) the TLS socket the thread
- *    last used stands in, and a session keeps the first socket it was tied to.
+ *  - otherwise, in a process never seen doing socket I/O inside a call (memory BIO: node does its
+ *    socket I/O outside the call), the TLS socket the thread last used stands in. A socket seen
+ *    inside a later call replaces such a guess. A socket-BIO process never guesses: a call served
+ *    from OpenSSL's buffer (no syscall) would otherwise take whatever socket its event loop
+ *    touched last, and the socket arrives with the next call that does I/O.
  * The ciphertext on that socket is never parsed: its first record marks it PROTO_TLS.
  */
 
@@ -104,7 +107,8 @@ int tls_return(struct pt_regs *ctx)
 	io.ret = ret;
 	io.sk = tc.sk;
 	io.fd = tc.fd;
-	if (!io.sk) {
+	u32 tgid = id >> 32;
+	if (!io.sk && !tls_socket_bio.lookup(&tgid)) {
 		struct tls_sock *ts = thread_tls_sock.lookup(&id);
 		if (ts) {
 			io.sk = ts->sk;
@@ -133,11 +137,24 @@ static __always_inline void tls_bind(struct conn_key *key, struct io_args *io, u
 		return;
 	}
 	if (st && st->ev.sock_id) {
-		if (st->ev.sock_id == io->sk || io->sk_inferred)
-			return; /* tied already; a guess never overrides a tie */
-		/* The session's address was freed and reused for a new connection: start afresh. */
-		on_conn_end(st, now);
-		conns.delete(key);
+		if (st->ev.sock_id == io->sk) {
+			if (!io->sk_inferred)
+				st->tls_guessed = 0; /* the guess is confirmed */
+			return;
+		}
+		if (io->sk_inferred)
+			return; /* a guess never overrides a tie */
+		if (st->tls_guessed) {
+			/* The guess was wrong: take the socket seen inside this call. */
+			count(OTELBPF_STAT_TLS_REBOUND);
+			st->ev.sock_id = io->sk;
+			st->tls_guessed = 0;
+			st->addr_known = 0; /* conn_data reads the right addresses */
+		} else {
+			/* The session's address was freed and reused for a new connection: start afresh. */
+			on_conn_end(st, now);
+			conns.delete(key);
+		}
 	}
 	/* Link the socket to the session so that the socket's close ends the session's state. */
 	struct conn_key skey = {.tgid = key->tgid, .fd = io->fd};

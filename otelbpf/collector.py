@@ -180,6 +180,8 @@ class Collector:
             "ring-buffer writes retried (then delivered or lost)": kernel.get("ringbuf_retried", 0),
             "TLS uprobe hits (all processes)": kernel.get("tls_probe_hits", 0),
             "TLS calls without a known socket": kernel.get("tls_unbound", 0),
+            "TLS sessions tied to the thread's last TLS socket (memory BIO)": kernel.get("tls_guessed", 0),
+            "TLS socket guesses corrected": kernel.get("tls_rebound", 0),
             "TLS calls untracked (in-flight table full)": kernel.get("tls_table_full", 0),
             **(extra_notes or {}),
         }

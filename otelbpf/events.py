@@ -43,6 +43,8 @@ STAT_NAMES: dict[int, str] = {
     10: "tls_calls",
     11: "tls_unbound",
     12: "tls_table_full",
+    13: "tls_guessed",
+    14: "tls_rebound",
 }
 
 # enum otelbpf_tls_library -> the library's name in span attributes.

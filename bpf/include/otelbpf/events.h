@@ -106,6 +106,8 @@ enum otelbpf_stat {
 	OTELBPF_STAT_TLS_CALLS = 10, /* TLS read/write calls made by traced processes */
 	OTELBPF_STAT_TLS_UNBOUND = 11, /* TLS plaintext whose socket is not known (no addresses) */
 	OTELBPF_STAT_TLS_TABLE_FULL = 12, /* a TLS call went untracked: too many threads mid-call */
+	OTELBPF_STAT_TLS_GUESSED = 13, /* TLS sessions tied to the thread's last TLS socket (memory BIO) */
+	OTELBPF_STAT_TLS_REBOUND = 14, /* such guesses corrected by a socket seen inside a later call */
 	OTELBPF_STAT_MAX = 16,
 };
 
