@@ -35,6 +35,10 @@ _DIM = "\x1b[2m"
 _KIND_COLOR = {SpanKind.SERVER: _CYAN, SpanKind.CLIENT: _MAGENTA}
 
 
+# Marks spans whose plaintext came from a TLS library.
+_HTTPS = " https"
+
+
 def _ms(ns: int) -> str:
     return f"{ns / 1e6:.2f} ms"
 
@@ -78,6 +82,7 @@ class ConsolePrinter:
         for depth, s in ordered:
             code = s.attributes.get("http.response.status_code")
             label = "  " * (depth + 1) + f"{s.kind.name} {s.name}" + (f" {code}" if code is not None else "")
+            label += _HTTPS if s.attributes.get("url.scheme") == "https" else ""
             pid = s.resource.get("process.pid")
             rows.append((s, label, code, s.resource.service_name, f"pid={pid}" if pid is not None else ""))
         label_w = max(len(r[1]) for r in rows)
@@ -113,6 +118,8 @@ class ConsolePrinter:
             elif isinstance(code, int) and code >= 400:
                 color = _YELLOW
             text += " " + self._paint(str(code), color)
+        if label.endswith(_HTTPS):
+            text += self._paint(_HTTPS, _DIM)
         return text
 
     def _bar(self, span: Span, t0: int, t1: int) -> str:

@@ -123,3 +123,15 @@ def test_console_queue_counts_closed_stream_as_failed():
         and stats.dropped["export_failed"] == 3
         and "console output failed" in stats.last_error
     )
+
+
+def test_https_spans_are_marked():
+    spans = three_span_tree()
+    spans[1].attributes["url.scheme"] = "https"
+    spans[2].attributes["url.scheme"] = "http"
+    assert render(spans).splitlines()[1:3] == [
+        "  SERVER GET /users 200   10.00 ms  frontend  pid=100  |##############################|",
+        "    CLIENT GET 200 https   5.00 ms  backend   pid=200  |      ###############         |",
+    ]
+    colored = render(spans, color=True)
+    assert "https" in colored and colored.count("https") == 1
