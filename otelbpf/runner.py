@@ -30,7 +30,8 @@ from otelbpf.governor import LoadGovernor
 from otelbpf.kernel_offsets import all_offsets
 from otelbpf.resources import ResourceCache
 from otelbpf.targets import TargetError, TargetSpec, resolve
-from otelbpf.tls_watch import TlsConfigError, TlsWatcher
+from otelbpf.tls_libraries import TlsLibrary
+from otelbpf.tls_watch import TlsConfigError, TlsWatcher, user_libraries
 
 if TYPE_CHECKING:
     from otelbpf.probes import KernelProbes
@@ -93,7 +94,9 @@ def lower_priority(nice: int, sched_idle: bool) -> None:
             logger.warning("could not lower the collector's priority: %s", exc)
 
 
-def _start_tls(args: argparse.Namespace, probes: KernelProbes, trace_all: bool) -> TlsWatcher | None:
+def _start_tls(
+    args: argparse.Namespace, probes: KernelProbes, trace_all: bool, user: list[TlsLibrary]
+) -> TlsWatcher | None:
     """Hook TLS libraries (unless --no-tls); None when HTTPS plaintext is not followed."""
     if not args.tls:
         return None
@@ -106,7 +109,7 @@ def _start_tls(args: argparse.Namespace, probes: KernelProbes, trace_all: bool) 
         live = set(psutil.pids())
         return live if trace_all else live & set(probes.target_pids())
 
-    watcher = TlsWatcher(probes.attach_tls, pids, extra_paths=args.tls_library)
+    watcher = TlsWatcher(probes.attach_tls, pids, user=user)
     try:
         watcher.start()
     except TlsConfigError as exc:
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         preflight.check_kernel_headers()
         pids = resolve(spec)
         offsets = all_offsets()
-    except (preflight.PreflightError, TargetError, BtfError) as exc:
+        user_tls = user_libraries(args.tls_library) if args.tls else []
+    except (preflight.PreflightError, TargetError, BtfError, TlsConfigError) as exc:
         raise RunError(str(exc)) from exc
     if args.service_name:
         env = {**env, "OTEL_SERVICE_NAME": args.service_name}
@@ -179,7 +183,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                     probes.add_targets(fresh)
 
         periodic: list[tuple[float, Callable[[], None]]] = [(5.0, refresh)]
-        tls = _start_tls(args, probes, spec.trace_all)
+        tls = _start_tls(args, probes, spec.trace_all, user_tls)
         if tls is not None and args.tls_scan_interval > 0:
             periodic.append((args.tls_scan_interval, tls.poll))
         governor = None

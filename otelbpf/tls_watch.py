@@ -9,6 +9,7 @@ statically linked binary such as node, or a library loaded late with dlopen.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -22,6 +23,25 @@ AttachFn = Callable[[str, str, tuple[str, ...]], int]
 
 class TlsConfigError(ValueError):
     """A TLS library named by the user that cannot be hooked."""
+
+
+def user_libraries(paths: Iterable[str]) -> list[TlsLibrary]:
+    """Classify the files named with --tls-library; raise TlsConfigError for any that cannot be hooked.
+
+    Runs before the kernel programs are compiled, so a typo costs no start-up time.
+    """
+    libs = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise TlsConfigError(f"--tls-library {path}: no such file")
+        lib = classify(path)
+        if lib is None:
+            raise TlsConfigError(
+                f"--tls-library {path}: not a TLS library otelbpf can hook (it exports neither "
+                "SSL_read and SSL_write nor gnutls_record_recv and gnutls_record_send)"
+            )
+        libs.append(lib)
+    return libs
 
 
 @dataclass
@@ -41,12 +61,12 @@ class TlsWatcher:
         attach: AttachFn,
         pids: Callable[[], Iterable[int]],
         scanner: LibraryScanner | None = None,
-        extra_paths: Iterable[str] = (),
+        user: Iterable[TlsLibrary] = (),
     ) -> None:
         self._attach = attach
         self._pids = pids
         self._scanner = scanner or LibraryScanner()
-        self._extra = list(extra_paths)
+        self._user = list(user)
         self._attached: set[tuple[int, int]] = set()
         self.stats = TlsWatchStats()
 
@@ -56,13 +76,7 @@ class TlsWatcher:
         The system's libssl and libgnutls are hooked even when no traced process maps them yet:
         a process that loads them later (a short-lived client) is then covered from its first call.
         """
-        for path in self._extra:
-            lib = classify(path)
-            if lib is None:
-                raise TlsConfigError(
-                    f"{path}: not a TLS library otelbpf can hook (exports no SSL_read/SSL_write "
-                    "or gnutls_record_recv/gnutls_record_send)"
-                )
+        for lib in self._user:
             self._hook(lib, required=True)
         libs = system_libraries()
         for lib in libs:

@@ -135,3 +135,14 @@ def test_flags_beat_env(py_server, otelbpf, receiver):
         assert other.requests() == []
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("/no/such/libssl.so.3", "no such file"), ("/bin/true", "not a TLS library otelbpf can hook")],
+)
+def test_bad_tls_library(otelbpf, path, message):
+    res = otelbpf("--tls-library", path, ready=False).wait()
+    assert res.returncode == 2
+    line = error_line(res)
+    assert line.startswith("otelbpf: error: --tls-library") and path in line and message in line

@@ -17,6 +17,7 @@ from tests.integration.helpers import (
     assert_in_window,
     assert_summary,
     by_pid,
+    curl,
     settle,
 )
 from tests.otlp_receiver import ReceivedSpan
@@ -94,3 +95,22 @@ def test_nginx_and_curl_both_traced(nginx_tls_server, tls_cert, otelbpf, receive
     assert len(ports) == 1, ports
     assert {s.attributes["network.local.port"] for s in client_spans} == ports
     assert_in_window(spans, t0, t1)
+
+
+def test_no_tls_leaves_https_untraced_and_ciphertext_unparsed(nginx_tls_server, tls_cert, otelbpf, receiver):
+    """With --no-tls only the ciphertext is seen: no span, no request counted, nothing lost."""
+    run = otelbpf("--pid", str(nginx_tls_server.pid), "--no-tls", receiver=receiver)
+    out = curl(
+        *curl_tls_args(tls_cert.cert),
+        "-w",
+        "%{http_code}\n",
+        *["-o", "/dev/null"] * N,
+        *[nginx_tls_server.url("/static.txt")] * N,
+    )
+    settle(receiver, 0)
+    res = run.stop()
+    assert out.stdout.split() == ["200"] * N
+    assert receiver.spans() == []
+    assert_summary(res, requests=0, exported=0)
+    assert "TLS: attached" not in res.stderr
+    assert "TLS uprobe hits" not in res.stderr

@@ -8,7 +8,7 @@ import pytest
 
 from otelbpf import tls_watch
 from otelbpf.tls_libraries import TlsLibrary
-from otelbpf.tls_watch import TlsConfigError, TlsWatcher
+from otelbpf.tls_watch import TlsConfigError, TlsWatcher, user_libraries
 
 SYSTEM_SSL = TlsLibrary("openssl", "/usr/lib/libssl.so.3", (1, 10), ("SSL_read", "SSL_write"), "shared")
 SYSTEM_GNUTLS = TlsLibrary("gnutls", "/usr/lib/libgnutls.so.30", (1, 11), ("gnutls_record_recv",), "shared")
@@ -79,24 +79,31 @@ def test_a_failed_attach_is_counted_and_the_rest_go_on(caplog: pytest.LogCapture
     assert "could not attach to /usr/bin/node" in caplog.text
 
 
-def test_user_library_that_is_not_tls_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls_watch, "classify", lambda path: None)
-    watcher = TlsWatcher(Attacher(), lambda: [], scanner=FakeScanner([]), extra_paths=["/bin/true"])
-    with pytest.raises(TlsConfigError, match="/bin/true: not a TLS library"):
-        watcher.start()
+def test_user_library_that_is_not_tls_is_an_error(tmp_path) -> None:
+    plain = tmp_path / "libnothing.so"
+    plain.write_bytes(b"\x7fELF not really")
+    with pytest.raises(TlsConfigError, match="libnothing.so: not a TLS library"):
+        user_libraries([str(plain)])
+    with pytest.raises(TlsConfigError, match="/no/such/libssl.so.3: no such file"):
+        user_libraries(["/no/such/libssl.so.3"])
 
 
-def test_user_library_that_fails_to_attach_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls_watch, "classify", lambda path: VENV_SSL)
+def test_user_library_is_classified(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    lib = tmp_path / "libssl.so.3"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(tls_watch, "classify", lambda path: VENV_SSL if path == str(lib) else None)
+    assert user_libraries([str(lib)]) == [VENV_SSL]
+
+
+def test_user_library_that_fails_to_attach_is_an_error() -> None:
     attach = Attacher(fail={VENV_SSL.path})
-    watcher = TlsWatcher(attach, lambda: [], scanner=FakeScanner([]), extra_paths=[VENV_SSL.path])
+    watcher = TlsWatcher(attach, lambda: [], scanner=FakeScanner([]), user=[VENV_SSL])
     with pytest.raises(TlsConfigError, match="uprobe refused"):
         watcher.start()
 
 
-def test_user_library_is_attached_first_and_not_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls_watch, "classify", lambda path: VENV_SSL)
+def test_user_library_is_attached_first_and_not_again() -> None:
     attach = Attacher()
-    watcher = TlsWatcher(attach, lambda: [], scanner=FakeScanner([[VENV_SSL]]), extra_paths=[VENV_SSL.path])
+    watcher = TlsWatcher(attach, lambda: [], scanner=FakeScanner([[VENV_SSL]]), user=[VENV_SSL])
     watcher.start()
     assert [p for p, _ in attach.calls] == [VENV_SSL.path, SYSTEM_SSL.path, SYSTEM_GNUTLS.path]
