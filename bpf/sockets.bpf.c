@@ -949,15 +949,24 @@ static __always_inline int conn_data(struct conn_key *key, struct io_args *io, u
 	return 0;
 }
 
+/* Move this thread's saved read or write out of active_io; 0 when there is none. */
+static __always_inline int take_io(u64 id, struct io_args *io)
+{
+	struct io_args *saved = active_io.lookup(&id);
+	if (!saved)
+		return 0;
+	*io = *saved;
+	active_io.delete(&id);
+	return 1;
+}
+
 /* One socket read or write (tail-called from every sys_exit hook). */
 int process_io(void *ctx)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	struct io_args *iop = active_io.lookup(&id);
-	if (!iop)
+	struct io_args io;
+	if (!take_io(id, &io))
 		return 0;
-	struct io_args io = *iop;
-	active_io.delete(&id);
 	struct conn_key key = {.tgid = id >> 32, .fd = io.fd};
 	if (conn_data(&key, &io, id, bpf_ktime_get_ns()))
 		progs.call(ctx, 1);

@@ -167,11 +167,9 @@ static __always_inline void tls_bind(struct conn_key *key, struct io_args *io, u
 int tls_process(struct pt_regs *ctx)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	struct io_args *iop = active_io.lookup(&id);
-	if (!iop)
+	struct io_args io;
+	if (!take_io(id, &io))
 		return 0;
-	struct io_args io = *iop;
-	active_io.delete(&id);
 	u64 now = bpf_ktime_get_ns();
 	struct conn_key key = {.tgid = id >> 32, .tls = io.tls};
 	tls_bind(&key, &io, now);
