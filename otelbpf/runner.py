@@ -138,6 +138,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         settings.cflags()
     except ValueError as exc:
         raise RunError(str(exc)) from exc
+    if args.tls_scan_interval < 0:
+        raise RunError(f"--tls-scan-interval must be 0 (scan only at start) or more, got {args.tls_scan_interval}")
     if args.ebpf:
         print(program_text())
         print("// cflags: " + " ".join(render_cflags(settings, {})))
