@@ -174,6 +174,7 @@ class Collector:
             "requests unfinished at exit": max(0, kernel.get("requests", 0) - finished),
             "responses with no tracked request": kernel.get("orphan_responses", 0),
             "requests with unparsable heads": self._builder.stats.unparsed_requests,
+            "invalid traceparent headers (new trace started)": self._builder.stats.invalid_traceparents,
             "user-memory read faults": kernel.get("read_faults", 0),
             "processes not added (target table full)": kernel.get("targets_full", 0),
             "syscalls untracked (in-flight table full)": kernel.get("io_table_full", 0),

@@ -1,7 +1,8 @@
 """Kernel HTTP events -> internal spans with OpenTelemetry HTTP semantic conventions.
 
-Parent links across spans (thread, connection, traceparent) build on this module later; for now
-every request is the root of its own trace.
+A server request that carries a valid W3C ``traceparent`` joins its caller's trace under the caller's
+span (``otelbpf.parent.source=traceparent``). Other parent links (thread, connection) come later; until
+then every other request is the root of its own trace.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from otelbpf import events
 from otelbpf.clock import ClockMap
 from otelbpf.events import HttpEvent
+from otelbpf.propagation import parse_traceparent
 from otelbpf.protocols.http1 import HttpRequestHead, canonical_method, parse_request
 from otelbpf.protocols.route import span_name
 from otelbpf.resources import ResourceCache
@@ -77,6 +79,7 @@ class BuildStats:
     """What the span builder saw that did not parse cleanly (reported, never silent)."""
 
     unparsed_requests: int = 0
+    invalid_traceparents: int = 0  # a new trace was started instead
 
 
 class SpanBuilder:
@@ -178,9 +181,19 @@ class SpanBuilder:
             attrs["error.type"] = str(ev.status) if message == "" else "connection_closed"
         if ev.flags & events.FLAG_PIPELINED:
             attrs["otelbpf.http.pipelined"] = True
+        parent = None
+        if server and head and head.traceparent:
+            # The caller was traced (an SDK, or a tracer on another host): continue its trace.
+            parent = parse_traceparent(head.traceparent, head.tracestate)
+            if parent is None:
+                self.stats.invalid_traceparents += 1
+            else:
+                attrs["otelbpf.parent.source"] = "traceparent"
         return Span(
-            trace_id=self._ids.trace_id(),
+            trace_id=parent.trace_id if parent else self._ids.trace_id(),
             span_id=self._ids.span_id(),
+            parent_span_id=parent.span_id if parent else None,
+            trace_state=parent.trace_state if parent else "",
             name=self._name(method, head.path if head else None),
             kind=SpanKind.SERVER if server else SpanKind.CLIENT,
             start_ns=self.clock.to_wall(ev.start_ns),

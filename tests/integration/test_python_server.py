@@ -267,3 +267,35 @@ def test_connection_closed_without_response(app, otelbpf, receiver):
         assert s.attributes["error.type"] == "connection_closed"
         assert s.attributes["url.scheme"] == app.server.scheme
         assert s.end_ns >= s.start_ns
+
+
+def test_traceparent_from_an_sdk_caller_is_continued(app, otelbpf, receiver):
+    """Each request from an OTel-SDK caller joins the caller's trace under the span it was sent from."""
+    paths = [f"/items/{i}" for i in range(5)]
+    ca = ["--ca", str(app.ca)] if app.ca else []
+    argv = [PYTHON, str(CLIENTS / "sdk_caller.py"), *ca, *[app.server.url(p) for p in paths]]
+    client = PausedClient(argv=argv)
+    try:
+        run = otelbpf("--pid", str(app.server.pid), receiver=receiver)
+        caller = client.go()
+        settle(receiver, len(paths) + 1)
+        res = run.stop()
+    finally:
+        client.stop()
+    assert [c["status"] for c in caller["spans"]] == [200] * len(paths)
+    assert_summary(res, requests=len(paths) + 1, exported=len(paths) + 1)
+    assert res.summary.get("invalid traceparent headers (new trace started)") == 1, res.stderr
+    spans = receiver.spans()
+    parent_of = {c["url"].split(str(app.server.port), 1)[1]: c["span_id"] for c in caller["spans"]}
+    joined = [s for s in spans if s.parent_span_id]
+    assert len(joined) == len(paths)
+    for s in joined:
+        assert s.kind == SERVER
+        assert s.trace_id == caller["trace_id"]
+        assert s.parent_span_id == parent_of[s.attributes["url.path"]]
+        assert s.trace_state == "vendor=42"
+        assert s.attributes["otelbpf.parent.source"] == "traceparent"
+        assert s.attributes["url.scheme"] == app.server.scheme
+    (fresh,) = [s for s in spans if not s.parent_span_id]  # the malformed header: a trace of its own
+    assert fresh.trace_id != caller["trace_id"]
+    assert "otelbpf.parent.source" not in fresh.attributes

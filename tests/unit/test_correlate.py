@@ -300,3 +300,34 @@ def test_tls_span_without_a_known_socket(builder: SpanBuilder) -> None:
     )
     assert "server.port" not in client.attributes
     assert "url.full" not in client.attributes  # no Host header and no socket: nothing to name
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_server_span_continues_the_callers_trace(builder: SpanBuilder) -> None:
+    req = f"GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: {TRACEPARENT}\r\ntracestate: rojo=1,congo=2\r\n\r\n".encode()
+    span = builder.build(event(req))
+    assert span.trace_id == bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+    assert span.parent_span_id == bytes.fromhex("00f067aa0ba902b7")
+    assert span.span_id not in (span.parent_span_id, b"\0" * 8)
+    assert span.trace_state == "rojo=1,congo=2"
+    assert span.attributes["otelbpf.parent.source"] == "traceparent"
+    assert builder.stats.invalid_traceparents == 0
+
+
+def test_invalid_traceparent_starts_a_new_trace_and_is_counted(builder: SpanBuilder) -> None:
+    req = b"GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: 00-nonsense\r\n\r\n"
+    span = builder.build(event(req))
+    assert span.parent_span_id is None and span.trace_state == ""
+    assert "otelbpf.parent.source" not in span.attributes
+    assert builder.stats.invalid_traceparents == 1
+
+
+def test_client_span_keeps_its_own_trace(builder: SpanBuilder) -> None:
+    """The traceparent a traced client sends names the caller's own span, not a parent of ours."""
+    req = f"GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: {TRACEPARENT}\r\n\r\n".encode()
+    span = builder.build(event(req, role=events.ROLE_CLIENT))
+    assert span.parent_span_id is None
+    assert span.trace_id != bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+    assert builder.stats.invalid_traceparents == 0
