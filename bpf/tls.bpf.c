@@ -27,7 +27,6 @@ static __always_inline int tls_enter(struct pt_regs *ctx, u8 dir, u8 lib, u64 le
 	u64 id = bpf_get_current_pid_tgid();
 	if (!traced(id >> 32))
 		return 0;
-	count(OTELBPF_STAT_TLS_CALLS);
 	struct tls_call tc = {};
 	tc.conn = PT_REGS_PARM1(ctx);
 	tc.buf = PT_REGS_PARM2(ctx);

@@ -59,24 +59,17 @@ INT_TUNABLES = [
 ]
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _env_number(env: Mapping[str, str], name: str, default: int | float) -> int | float:
+    """The environment's value for a numeric tunable, parsed as the default's type (int or float)."""
     value = env.get(name)
     if value is None or value == "":
         return default
+    kind = type(default)
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
-        raise SystemExit(f"otelbpf: error: {name}={value!r} is not an integer") from None
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise SystemExit(f"otelbpf: error: {name}={value!r} is not a number") from None
+        what = "an integer" if kind is int else "a number"
+        raise SystemExit(f"otelbpf: error: {name}={value!r} is not {what}") from None
 
 
 def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -176,7 +169,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         tune.add_argument(
             flag,
             type=int,
-            default=_env_int(env, env_name, default),
+            default=_env_number(env, env_name, default),
             metavar="N",
             help=f"{text} (env {env_name}; default {default})",
         )
@@ -215,7 +208,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     tls.add_argument(
         "--tls-scan-interval",
         type=float,
-        default=_env_float(env, "OTELBPF_TLS_SCAN_INTERVAL", 1.0),
+        default=_env_number(env, "OTELBPF_TLS_SCAN_INTERVAL", 1.0),
         metavar="SECONDS",
         help="how often traced processes are scanned for newly mapped TLS libraries; 0: only at start "
         "(env OTELBPF_TLS_SCAN_INTERVAL; default 1)",

@@ -40,11 +40,10 @@ STAT_NAMES: dict[int, str] = {
     7: "io_table_full",
     8: "ringbuf_retried",
     9: "tls_probe_hits",
-    10: "tls_calls",
-    11: "tls_unbound",
-    12: "tls_table_full",
-    13: "tls_guessed",
-    14: "tls_rebound",
+    10: "tls_unbound",
+    11: "tls_table_full",
+    12: "tls_guessed",
+    13: "tls_rebound",
 }
 
 # enum otelbpf_tls_library -> the library's name in span attributes.

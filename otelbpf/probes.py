@@ -55,7 +55,6 @@ TRACEPOINTS: list[str] = [
 ]
 
 
-
 @dataclass(frozen=True)
 class TlsHook:
     """One TLS library function: its entry handler in bpf/tls.bpf.c; every hook returns via tls_return."""
@@ -201,7 +200,6 @@ class KernelProbes:
         self._config = self._bpf["config_map"]
         self._self_tgid = 0
         self._trace_all = False
-        self.tls_probe_count = 0
 
     @property
     def ring_fd(self) -> int:
@@ -269,7 +267,6 @@ class KernelProbes:
                     except Exception:  # noqa: BLE001 - best effort on a path already failing
                         pass
             raise ProbeError(f"failed to attach TLS probes to {path}: {exc}") from exc
-        self.tls_probe_count += 2 * len(done)
         return 2 * len(done)
 
     def target_pids(self) -> list[int]:

@@ -103,11 +103,10 @@ enum otelbpf_stat {
 	OTELBPF_STAT_IO_TABLE_FULL = 7, /* a syscall went untracked: too many threads mid-syscall */
 	OTELBPF_STAT_RINGBUF_RETRIED = 8, /* a ring-buffer write failed once and was retried */
 	OTELBPF_STAT_TLS_PROBE_HITS = 9, /* TLS uprobe and uretprobe hits in any process (the cost) */
-	OTELBPF_STAT_TLS_CALLS = 10, /* TLS read/write calls made by traced processes */
-	OTELBPF_STAT_TLS_UNBOUND = 11, /* TLS plaintext whose socket is not known (no addresses) */
-	OTELBPF_STAT_TLS_TABLE_FULL = 12, /* a TLS call went untracked: too many threads mid-call */
-	OTELBPF_STAT_TLS_GUESSED = 13, /* TLS sessions tied to the thread's last TLS socket (memory BIO) */
-	OTELBPF_STAT_TLS_REBOUND = 14, /* such guesses corrected by a socket seen inside a later call */
+	OTELBPF_STAT_TLS_UNBOUND = 10, /* TLS plaintext whose socket is not known (no addresses) */
+	OTELBPF_STAT_TLS_TABLE_FULL = 11, /* a TLS call went untracked: too many threads mid-call */
+	OTELBPF_STAT_TLS_GUESSED = 12, /* TLS sessions tied to the thread's last TLS socket (memory BIO) */
+	OTELBPF_STAT_TLS_REBOUND = 13, /* such guesses corrected by a socket seen inside a later call */
 	OTELBPF_STAT_MAX = 16,
 };
 
