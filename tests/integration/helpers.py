@@ -320,6 +320,21 @@ def settle(receiver: OtlpReceiver, expected: int, timeout: float = 10.0) -> None
     time.sleep(0.5)
 
 
+def run_both_traced(server: Server, client: PausedClient, otelbpf, receiver: OtlpReceiver, expected: int):
+    """Trace the server and the paused client, let the client go, stop otelbpf once ``expected`` spans
+    arrived; (client results, spans, run result, t0, t1) with t0..t1 the wall-clock window of the traffic."""
+    try:
+        run = otelbpf("--pid", str(server.pid), "--pid", str(client.pid), receiver=receiver)
+        t0 = time.time_ns()
+        results = client.go()
+        t1 = time.time_ns()
+        settle(receiver, expected)
+        res = run.stop()
+    finally:
+        client.stop()
+    return results, receiver.spans(), res, t0, t1
+
+
 def by_pid(spans: list[ReceivedSpan], pid: int) -> list[ReceivedSpan]:
     return [s for s in spans if s.resource.get("process.pid") == pid]
 

@@ -29,6 +29,7 @@ from tests.integration.helpers import (
     curl,
     exe_of,
     raw_client,
+    run_both_traced,
     settle,
 )
 
@@ -105,17 +106,8 @@ def test_sequential_curl_requests(py_server, otelbpf, receiver, protocol):
 def test_keepalive_session(py_server, otelbpf, receiver):
     """requests.Session: N requests over one connection; both ends traced."""
     client = PausedClient("session", [py_server.url(f"/items/{i}") for i in range(N)])
-    try:
-        run = otelbpf("--pid", str(py_server.pid), "--pid", str(client.pid), receiver=receiver)
-        t0 = time.time_ns()
-        results = client.go()
-        t1 = time.time_ns()
-        settle(receiver, 2 * N)
-        res = run.stop()
-    finally:
-        client.stop()
+    results, spans, res, t0, t1 = run_both_traced(py_server, client, otelbpf, receiver, 2 * N)
     assert [r["status"] for r in results] == [200] * N
-    spans = receiver.spans()
     assert_summary(res, requests=2 * N, exported=2 * N)
     server_spans = by_pid(spans, py_server.pid)
     client_spans = by_pid(spans, client.pid)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.integration.helpers import (
@@ -17,7 +15,7 @@ from tests.integration.helpers import (
     assert_in_window,
     assert_summary,
     by_pid,
-    settle,
+    run_both_traced,
 )
 
 pytestmark = pytest.mark.integration
@@ -32,20 +30,11 @@ def test_node_https_keepalive_both_traced(node_https_server, tls_cert, otelbpf, 
     urls = [node_https_server.url(f"/items/{i}") for i in range(N)] + [node_https_server.url("/error")] * FAILS
     client = PausedClient(argv=[NODE, str(CLIENTS / "node_https_client.js"), str(tls_cert.cert), *urls])
     total = N + FAILS
-    try:
-        run = otelbpf("--pid", str(node_https_server.pid), "--pid", str(client.pid), receiver=receiver)
-        t0 = time.time_ns()
-        results = client.go()
-        t1 = time.time_ns()
-        settle(receiver, 2 * total)
-        res = run.stop()
-    finally:
-        client.stop()
+    results, spans, res, t0, t1 = run_both_traced(node_https_server, client, otelbpf, receiver, 2 * total)
 
     assert [r["status"] for r in results] == [200] * N + [500] * FAILS, results
     local_ports = {r["local_port"] for r in results}
     assert len(local_ports) == 1, f"the agent should reuse one socket: {local_ports}"
-    spans = receiver.spans()
     assert_summary(res, requests=2 * total, exported=2 * total)
     server_spans = by_pid(spans, node_https_server.pid)
     client_spans = by_pid(spans, client.pid)

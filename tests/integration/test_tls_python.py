@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from tests.integration.helpers import (
     assert_in_window,
     assert_summary,
     by_pid,
-    settle,
+    run_both_traced,
 )
 from tests.otlp_receiver import ReceivedSpan
 
@@ -30,20 +29,6 @@ N = 13
 def https_client(mode: str, urls: list[str], ca: Path) -> PausedClient:
     """clients/http_client.py in ``mode`` (urllib|session), trusting the test CA."""
     return PausedClient(argv=[PYTHON, str(CLIENTS / "http_client.py"), "--ca", str(ca), mode, *urls])
-
-
-def run_both_traced(server, client: PausedClient, otelbpf, receiver, expected: int):
-    """Trace the server and the paused client, let the client go; (results, spans, summary, t0, t1)."""
-    try:
-        run = otelbpf("--pid", str(server.pid), "--pid", str(client.pid), receiver=receiver)
-        t0 = time.time_ns()
-        results = client.go()
-        t1 = time.time_ns()
-        settle(receiver, expected)
-        res = run.stop()
-    finally:
-        client.stop()
-    return results, receiver.spans(), res, t0, t1
 
 
 def assert_https_pair(server_spans: list[ReceivedSpan], client_spans: list[ReceivedSpan], port: int) -> None:
