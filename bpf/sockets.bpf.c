@@ -72,6 +72,15 @@ struct io_args {
 	u8 _pad[4];
 };
 
+/* The server request a thread last read bytes of: a client request the thread starts while that
+ * request is in flight is made on its behalf (thread per request), or most likely so (event loop). */
+struct thread_request {
+	u32 fd; /* the server connection, keyed (tgid, fd, tls) */
+	u32 _pad;
+	u64 tls;
+	u64 start_ns;
+};
+
 struct conn_state {
 	struct otelbpf_http_event ev; /* the record being built, emitted straight from map memory */
 	char overflow[CAP]; /* lets a capture append be bounded by CAP alone */
@@ -88,6 +97,9 @@ struct conn_state {
 	u8 check_pipeline; /* a response completed: look for a queued request (tail call 1) */
 	u64 tls_conn; /* on a PROTO_TLS socket: the TLS session riding on it, ended with the socket */
 	u8 tls_guessed; /* TLS session: its socket is the thread's last one, not one seen in a call */
+	/* Client sockets: the server request the thread was serving when it connected. The first
+	 * request on the connection belongs to it even if an event loop read others meanwhile. */
+	struct thread_request cause;
 };
 
 /* A socket's own bytes are keyed (tgid, fd, 0); TLS plaintext (tgid, 0, session), because a
@@ -168,6 +180,8 @@ BPF_PERCPU_ARRAY(wakeup_map, u64, 1);
 BPF_PROG_ARRAY(progs, 2);
 /* The last TLS socket each thread used, by thread id (see struct tls_sock). */
 BPF_TABLE("lru_hash", u64, struct tls_sock, thread_tls_sock, MAX_THREADS_IN_IO);
+/* Per thread: the server request it last read bytes of (LRU: idle threads fall out first). */
+BPF_TABLE("lru_hash", u64, struct thread_request, thread_server, MAX_THREADS_IN_IO);
 /* TLS library calls in flight (tls.bpf.c), by thread id. */
 BPF_HASH(tls_calls, u64, struct tls_call, MAX_THREADS_IN_IO);
 /* Processes seen doing socket I/O inside a TLS call (socket BIO), by tgid: never guessed for. */
@@ -260,6 +274,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	active_io.delete(&id);
 	tls_calls.delete(&id);
 	thread_tls_sock.delete(&id);
+	thread_server.delete(&id);
 	return 0;
 }
 
@@ -539,6 +554,8 @@ static __always_inline int start_request(struct conn_state *st, u64 now, int met
 	if (!sample_request(now)) {
 		count(OTELBPF_STAT_SAMPLED_OUT);
 		st->state = ST_SKIP;
+		/* Never emitted; kept so that client requests made on its behalf are shed with it. */
+		st->ev.start_ns = now;
 		return 0;
 	}
 	st->state = ST_REQUEST;
@@ -826,6 +843,65 @@ static __always_inline struct conn_state *new_conn(struct conn_key *key, u8 role
 	return st;
 }
 
+/* Server request bytes were read on this thread: it is now what the thread serves. */
+static __always_inline void note_serving(u64 id, struct conn_key *key, u64 start_ns)
+{
+	struct thread_request tr = {.fd = key->fd, .tls = key->tls, .start_ns = start_ns};
+	thread_server.update(&id, &tr);
+}
+
+/* Is the server request in tr still in flight? 1 yes (*cause = its start), 0 no or unknown, -1 it
+ * was shed by the rate limit (then its client requests are shed too, so no trace loses its root). */
+static __always_inline int find_cause(struct thread_request *tr, u32 tgid, u64 *cause)
+{
+	if (!tr->start_ns)
+		return 0;
+	struct conn_key k = {.tgid = tgid, .fd = tr->fd, .tls = tr->tls};
+	struct conn_state *srv = conns.lookup(&k);
+	if (!srv || srv->role != OTELBPF_ROLE_SERVER || srv->ev.start_ns != tr->start_ns)
+		return 0;
+	if (srv->state == ST_SKIP)
+		return -1;
+	if (srv->state != ST_REQUEST && srv->state != ST_RESPONSE)
+		return 0;
+	*cause = tr->start_ns;
+	return 1;
+}
+
+/* A client request began: record which server request of this process it serves. The connection's
+ * own cause (the request being served when it was opened) wins for its first request, because an
+ * event loop may read other requests while a connect or TLS handshake completes. */
+static __always_inline void client_started(struct conn_state *st, struct conn_key *key, struct io_args *io, u64 id)
+{
+	u32 tgid = id >> 32;
+	struct thread_request tr = st->cause;
+	if (!tr.start_ns && key->tls && io->fd) {
+		/* TLS plaintext: the connect was seen on the socket under the session. */
+		struct conn_key sk = {.tgid = tgid, .fd = io->fd};
+		struct conn_state *sock = conns.lookup(&sk);
+		if (sock && sock->ev.sock_id == io->sk) {
+			tr = sock->cause;
+			sock->cause.start_ns = 0;
+		}
+	}
+	st->cause.start_ns = 0;
+	u64 cause = 0;
+	int found = find_cause(&tr, tgid, &cause);
+	if (found == 0) {
+		struct thread_request *cur = thread_server.lookup(&id);
+		if (cur) {
+			tr = *cur;
+			found = find_cause(&tr, tgid, &cause);
+		}
+	}
+	if (found < 0) {
+		st->state = ST_SKIP;
+		count(OTELBPF_STAT_SAMPLED_OUT);
+		return;
+	}
+	st->ev.cause_ns = cause;
+}
+
 static __always_inline int handle_io_exit(void *ctx, long ret)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -933,6 +1009,12 @@ static __always_inline int conn_data(struct conn_key *key, struct io_args *io, u
 	u8 req_dir = st->role == OTELBPF_ROLE_SERVER ? DIR_IN : DIR_OUT;
 	if (io->dir == req_dir) {
 		on_request_data(st, io, addr, seglen, ret, now, (u32)id, method);
+		if (st->role == OTELBPF_ROLE_SERVER) {
+			if (st->state == ST_REQUEST || st->state == ST_SKIP)
+				note_serving(id, key, st->ev.start_ns);
+		} else if (method && st->state == ST_REQUEST && st->ev.start_ns == io->enter_ns) {
+			client_started(st, key, io, id);
+		}
 	} else {
 		st->last_resp_ns = now;
 		on_response_data(st, io, addr, seglen, ret, now);
@@ -1066,7 +1148,10 @@ static __always_inline int connected(long ret)
 	struct conn_state *old = conns.lookup(&key);
 	if (old)
 		on_conn_end(old, bpf_ktime_get_ns());
-	new_conn(&key, OTELBPF_ROLE_CLIENT, PROTO_UNKNOWN);
+	struct conn_state *st = new_conn(&key, OTELBPF_ROLE_CLIENT, PROTO_UNKNOWN);
+	struct thread_request *serving = thread_server.lookup(&id);
+	if (st && serving)
+		st->cause = *serving; /* checked when the first request starts */
 	return 0;
 }
 

@@ -53,7 +53,7 @@ TLS_GNUTLS = 2
 TLS_LIBRARIES: dict[int, str] = {TLS_OPENSSL: "openssl", TLS_GNUTLS: "gnutls"}
 
 # struct otelbpf_http_event up to req[]; "x" bytes are the explicit _pad fields.
-HTTP_HEADER = struct.Struct("<BBBBHHIIIxxxxQQQQQ16s16s16sHHHxx")
+HTTP_HEADER = struct.Struct("<BBBBHHIIIxxxxQQQQQQ16s16s16sHHHxx")
 
 # name -> (offset, size) for the mirror test; req follows the fixed header.
 HTTP_LAYOUT: dict[str, tuple[int, int]] = {
@@ -71,9 +71,10 @@ HTTP_LAYOUT: dict[str, tuple[int, int]] = {
     "bytes_in": (40, 8),
     "bytes_out": (48, 8),
     "sock_id": (56, 8),
-    "comm": (64, 16),
-    "conn": (80, 40),
-    "req": (120, -1),
+    "cause_ns": (64, 8),
+    "comm": (72, 16),
+    "conn": (88, 40),
+    "req": (128, -1),
 }
 CONN_LAYOUT: dict[str, tuple[int, int]] = {
     "local_addr": (0, 16),
@@ -130,6 +131,8 @@ class HttpEvent:
     local_port: int
     peer_port: int
     req: bytes
+    # Client requests: kernel start of the server request this thread was serving (0: none).
+    cause_ns: int = 0
 
 
 def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) -> HttpEvent:
@@ -151,6 +154,7 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         bytes_in,
         bytes_out,
         sock_id,
+        cause_ns,
         comm,
         local_addr,
         peer_addr,
@@ -189,6 +193,7 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         local_port=local_port,
         peer_port=peer_port,
         req=bytes(raw[base : base + req_len]),
+        cause_ns=cause_ns,
     )
 
 

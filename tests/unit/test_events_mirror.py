@@ -272,6 +272,7 @@ FIELDS = {
     "bytes_in": 77,
     "bytes_out": 612,
     "sock_id": 0xDEADBEEFCAFE,
+    "cause_ns": 900_000,
 }
 CONN = {
     "local_addr": bytes([127, 0, 0, 1]) + bytes(12),
@@ -412,7 +413,7 @@ def test_decode_process_rejects_bad_records() -> None:
 def test_unknown_tls_library_is_malformed() -> None:
     def record(tls: int) -> bytes:
         raw = bytearray(events.http_event_size())
-        rest = [200, 0, 1, 2, 0, 10, 20, 0, 0, 0, b"comm", b"", b"", 80, 5000, 2]
+        rest = [200, 0, 1, 2, 0, 10, 20, 0, 0, 0, 0, b"comm", b"", b"", 80, 5000, 2]
         events.HTTP_HEADER.pack_into(raw, 0, events.EVENT_HTTP, events.ROLE_SERVER, 0, tls, *rest)
         return bytes(raw)
 

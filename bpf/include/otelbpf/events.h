@@ -73,6 +73,9 @@ struct otelbpf_http_event {
 	__u64 bytes_in; /* bytes the traced process received for this request */
 	__u64 bytes_out; /* bytes the traced process sent for this request */
 	__u64 sock_id; /* kernel socket identity, stable for the connection's life */
+	/* Client requests: start_ns of the server request the same process was serving on this thread
+	 * when this request began (or when its connection was opened), 0 when none was in flight. */
+	__u64 cause_ns;
 	char comm[OTELBPF_COMM_LEN]; /* process name, for when the process is gone before /proc is read */
 	struct otelbpf_conn_addr conn;
 	char req[OTELBPF_CAPTURE_BYTES]; /* first bytes of request line and headers, as sent */
