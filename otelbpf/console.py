@@ -1,11 +1,20 @@
 """Terminal output used when no OTLP endpoint is configured: each trace printed as a small waterfall.
 
-Example (one trace, a server span with two children)::
+Example (one trace across three services: a Python front end calls a Node service, which calls a
+Python backend)::
 
-    trace 0af7651916cd43dd8448eb211c80319c frontend 10.00 ms
-      SERVER GET /users 200  10.00 ms  frontend  pid=100  |##############################|
-        CLIENT GET 200        5.00 ms  backend   pid=200  |      ###############         |
-        CLIENT SELECT         1.00 ms  backend   pid=200  |                     ###      |  ERROR timeout
+    trace 4bf92f3577b34da6a3ce929d0e0e4736 front 12.00 ms (6 spans, 3 services)
+      SERVER GET /buy 200                            12.00 ms  front  pid=100  |██████████████████████████████|
+      ├─ CLIENT GET 200 [thread]                      8.00 ms  front  pid=100  |  █████████████████████       |
+      │  └─ SERVER GET /cart 200 [connection]         7.00 ms  cart   pid=200  |   ███████████████████        |
+      │     └─ CLIENT GET 200 [thread~]               6.00 ms  cart   pid=200  |     ███████████████          |
+      │        └─ SERVER GET /qty 200 [traceparent]   5.00 ms  stock  pid=300  |      █████████████           |
+      └─ CLIENT POST 503 [thread]                     1.50 ms  front  pid=100  |                       █████  |  ERROR
+
+Rows are drawn as a tree (ASCII connectors and ``#`` bars when the stream is not UTF-8). Markers after
+the label say how a span found its parent (``[thread]``, ``[connection]``, ``[traceparent]``; ``~``
+means best effort, guessed on an event-loop thread), ``(+N links)`` counts span links, and
+``(parent not shown)`` marks a root whose parent is not in the batch.
 """
 
 from __future__ import annotations
@@ -38,13 +47,21 @@ _KIND_COLOR = {SpanKind.SERVER: _CYAN, SpanKind.CLIENT: _MAGENTA}
 # Marks spans whose plaintext came from a TLS library.
 _HTTPS = " https"
 
+# Tree connectors: (has a later sibling, last child, ancestor has a later sibling); each 3 columns wide.
+_UTF8_CONNECTORS = ("\u251c\u2500 ", "\u2514\u2500 ", "\u2502  ")
+_ASCII_CONNECTORS = ("|- ", "`- ", "|  ")
+
 
 def _ms(ns: int) -> str:
     return f"{ns / 1e6:.2f} ms"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class ConsolePrinter:
-    """Prints spans grouped by trace as indented waterfalls."""
+    """Prints spans grouped by trace as waterfalls drawn as trees."""
 
     def __init__(self, stream: TextIO | None = None, color: bool | None = None) -> None:
         # Resolve sys.stdout at construction, not import, so redirection (and pytest capture) applies.
@@ -54,8 +71,10 @@ class ConsolePrinter:
             color = bool(isatty and isatty()) and "NO_COLOR" not in os.environ
         self._color = color
         encoding = (getattr(self._stream, "encoding", None) or "").lower().replace("-", "")
-        # Block characters only where the stream can encode them; "#" everywhere else.
-        self._bar_char = "\u2588" if encoding.startswith("utf") else "#"
+        # Block and box-drawing characters only where the stream can encode them; ASCII elsewhere.
+        utf = encoding.startswith("utf")
+        self._bar_char = "\u2588" if utf else "#"
+        self._connectors = _UTF8_CONNECTORS if utf else _ASCII_CONNECTORS
 
     def print_spans(self, spans: Sequence[Span]) -> None:
         """Print the spans, one waterfall per trace, ordered by trace start."""
@@ -77,22 +96,27 @@ class ConsolePrinter:
         t0 = min(s.start_ns for s in spans)
         t1 = max(s.end_ns for s in spans)
         root = ordered[0][1]
-        header = f"trace {root.trace_id.hex()} {root.resource.service_name} {_ms(t1 - t0)}"
+        services = len({s.resource.service_name for s in spans})
+        header = (
+            f"trace {root.trace_id.hex()} {root.resource.service_name} {_ms(t1 - t0)}"
+            f" ({_count(len(spans), 'span')}, {_count(services, 'service')})"
+        )
+        ids = {s.span_id for s in spans}
+        prefixes = _prefixes([depth for depth, _ in ordered], self._connectors)
         rows = []
-        for depth, s in ordered:
-            code = s.attributes.get("http.response.status_code")
-            label = "  " * (depth + 1) + f"{s.kind.name} {s.name}" + (f" {code}" if code is not None else "")
-            label += _HTTPS if s.attributes.get("url.scheme") == "https" else ""
+        for (depth, s), prefix in zip(ordered, prefixes, strict=True):
+            segments = self._label(s, prefix, depth == 0 and bool(s.parent_span_id) and s.parent_span_id not in ids)
             pid = s.resource.get("process.pid")
-            rows.append((s, label, code, s.resource.service_name, f"pid={pid}" if pid is not None else ""))
-        label_w = max(len(r[1]) for r in rows)
+            rows.append((s, segments, s.resource.service_name, f"pid={pid}" if pid is not None else ""))
+        widths = [sum(len(text) for text, _ in r[1]) for r in rows]
+        label_w = max(widths)
         dur_w = max(len(_ms(r[0].duration_ns)) for r in rows)
-        svc_w = max(len(r[3]) for r in rows)
-        pid_w = max(len(r[4]) for r in rows)
+        svc_w = max(len(r[2]) for r in rows)
+        pid_w = max(len(r[3]) for r in rows)
         lines = [self._paint(header, _BOLD)]
-        for s, label, code, service, pid in rows:
+        for (s, segments, service, pid), width in zip(rows, widths, strict=True):
             parts = [
-                self._label(label, s, code) + " " * (label_w - len(label)),
+                "".join(self._paint(text, color) for text, color in segments) + " " * (label_w - width),
                 _ms(s.duration_ns).rjust(dur_w),
                 service.ljust(svc_w),
             ]
@@ -105,22 +129,32 @@ class ConsolePrinter:
             lines.append(line)
         return lines
 
-    def _label(self, label: str, span: Span, code: object) -> str:
-        if not self._color:
-            return label
-        indent = label[: len(label) - len(label.lstrip(" "))]
-        kind = self._paint(span.kind.name, _KIND_COLOR.get(span.kind, ""))
-        text = f"{indent}{kind} {span.name}"
+    def _label(self, span: Span, prefix: str, parent_not_shown: bool) -> list[tuple[str, str]]:
+        """The label column as (text, color) segments: widths come from the text, colour is optional."""
+        segments = [("  ", ""), (prefix, _DIM), (span.kind.name, _KIND_COLOR.get(span.kind, "")), (" " + span.name, "")]
+        attrs = span.attributes
+        code = attrs.get("http.response.status_code")
         if code is not None:
             color = _GREEN
             if isinstance(code, int) and code >= 500:
                 color = _RED
             elif isinstance(code, int) and code >= 400:
                 color = _YELLOW
-            text += " " + self._paint(str(code), color)
-        if label.endswith(_HTTPS):
-            text += self._paint(_HTTPS, _DIM)
-        return text
+            segments += [(" ", ""), (str(code), color)]
+        if attrs.get("url.scheme") == "https":
+            segments.append((_HTTPS, _DIM))
+        markers = []
+        source = attrs.get("otelbpf.parent.source")
+        if source:
+            # "~": the parent was guessed from an event-loop thread, which many requests share.
+            markers.append(f"[{source}~]" if attrs.get("otelbpf.parent.event_loop") else f"[{source}]")
+        if span.links:
+            markers.append(f"(+{_count(len(span.links), 'link')})")
+        if parent_not_shown:
+            markers.append("(parent not shown)")
+        for marker in markers:
+            segments += [(" ", ""), (marker, _DIM)]
+        return segments
 
     def _bar(self, span: Span, t0: int, t1: int) -> str:
         total = max(t1 - t0, 1)
@@ -134,7 +168,24 @@ class ConsolePrinter:
         return f"|{bar}|"
 
     def _paint(self, text: str, color: str) -> str:
-        return f"{color}{text}{_RESET}" if self._color and color else text
+        return f"{color}{text}{_RESET}" if self._color and color and text else text
+
+
+def _prefixes(depths: Sequence[int], connectors: tuple[str, str, str]) -> list[str]:
+    """Tree connectors for rows in depth-first order, given each row's depth (roots get none)."""
+    tee, elbow, pipe = connectors
+    out = [""] * len(depths)
+    # Walking backwards, more[d] says whether a row at depth d comes later before any shallower row:
+    # for a row at depth d that means it has a later sibling, and for its ancestors the same, per level.
+    more: list[bool] = []
+    for i in range(len(depths) - 1, -1, -1):
+        depth = depths[i]
+        del more[depth + 1 :]
+        more += [False] * (depth + 1 - len(more))
+        if depth:
+            out[i] = "".join(pipe if more[k] else "   " for k in range(1, depth)) + (tee if more[depth] else elbow)
+        more[depth] = True
+    return out
 
 
 def _tree_order(spans: Sequence[Span]) -> list[tuple[int, Span]]:

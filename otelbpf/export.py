@@ -92,6 +92,13 @@ def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServ
                 trace_state=s.trace_state,
                 attributes=_key_values(s.attributes.items()),
             )
+            for link in s.links:
+                pb.links.add(
+                    trace_id=link.trace_id,
+                    span_id=link.span_id,
+                    trace_state=link.trace_state,
+                    attributes=_key_values(link.attributes),
+                )
             if s.status != unset or s.status_message:
                 status = pb.status
                 status.code = s.status

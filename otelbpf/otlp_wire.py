@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from otelbpf.spans import AttributeValue, Resource, Span, StatusCode
+from otelbpf.spans import AttributeValue, Resource, Span, SpanLink, StatusCode
 
 _CACHE_MAX = 8192
 _kv_cache: dict[tuple[object, ...], bytes] = {}
@@ -83,6 +83,19 @@ def _resource(resource: Resource) -> bytes:
     return pb
 
 
+def _links(links: Sequence[SpanLink]) -> bytes:
+    """Repeated ``Span.links`` (13); Link fields: trace_id=1, span_id=2, trace_state=3, attributes=4."""
+    out = []
+    for link in links:
+        body = _field(1, link.trace_id) + _field(2, link.span_id)
+        if link.trace_state:
+            body += _field(3, link.trace_state.encode())
+        if link.attributes:
+            body += _attributes(4, link.attributes)
+        out.append(_field(13, body))
+    return b"".join(out)
+
+
 def _span(s: Span) -> bytes:
     parts = [
         b"\x0a",
@@ -109,6 +122,8 @@ def _span(s: Span) -> bytes:
         _fixed64(s.end_ns),
         _attributes(9, s.attributes.items()),
     ]
+    if s.links:  # rare: most spans pay only this truth test
+        parts.append(_links(s.links))
     if s.status != StatusCode.UNSET or s.status_message:
         status = b""
         if s.status_message:

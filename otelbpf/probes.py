@@ -166,6 +166,7 @@ def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]
 
 class KernelProbes:
     """The kernel programs (bpf/*.bpf.c): tracepoints attach on construction, TLS uprobes on demand."""
+
     # Prog array -> (program type, programs by index): the hooks tail-call these. A tail call
     # reaches only programs of its own type, so tracepoints and uprobes each have theirs.
     TAIL_CALLS = {

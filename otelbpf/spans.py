@@ -47,6 +47,17 @@ class Resource:
         return str(self.get("service.name", "unknown_service"))
 
 
+@dataclass(frozen=True, slots=True)
+class SpanLink:
+    """A reference from a span to another span, in the same trace or another one (OTLP ``Span.Link``)."""
+
+    trace_id: bytes  # 16 bytes
+    span_id: bytes  # 8 bytes
+    trace_state: str = ""
+    # A tuple of pairs, not a dict, so links stay hashable like Resource.
+    attributes: tuple[tuple[str, AttributeValue], ...] = ()
+
+
 @dataclass(slots=True)
 class Span:
     """One finished operation. Times are Unix epoch nanoseconds (already mapped from kernel time)."""
@@ -63,6 +74,7 @@ class Span:
     status: StatusCode = StatusCode.UNSET
     status_message: str = ""
     trace_state: str = ""
+    links: list[SpanLink] = field(default_factory=list)
 
     @property
     def duration_ns(self) -> int:

@@ -40,6 +40,8 @@ class ReceivedSpan:
     scope: str
     scope_version: str
     protocol: str
+    # Span links: (trace_id hex, span_id hex, attributes).
+    links: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +96,7 @@ def flatten(request: ExportTraceServiceRequest, protocol: str) -> list[ReceivedS
                         scope=ss.scope.name,
                         scope_version=ss.scope.version,
                         protocol=protocol,
+                        links=[(ln.trace_id.hex(), ln.span_id.hex(), attributes(ln.attributes)) for ln in s.links],
                     )
                 )
     return out

@@ -24,7 +24,7 @@ from otelbpf.export import (
     queue_settings_from_env,
     resolve_otlp_settings,
 )
-from otelbpf.spans import Resource, Span, SpanKind, StatusCode
+from otelbpf.spans import Resource, Span, SpanKind, SpanLink, StatusCode
 from tests.otlp_receiver import OtlpReceiver, attributes
 
 T0 = 1_700_000_000_000_000_000
@@ -127,6 +127,45 @@ def test_encode_request_empty_and_same_resource_instances():
     twin = Resource(RES_A.attributes)  # equal but distinct object -> same ResourceSpans
     req = encode_request([make_span(0), make_span(1, twin)], "1")
     assert len(req.resource_spans) == 1 and len(req.resource_spans[0].scope_spans[0].spans) == 2
+
+
+LINKS = [
+    SpanLink(bytes([7] * 16), bytes([8] * 8), "vendor=x", (("messaging.batch", "b1"), ("n", 3), ("ok", True))),
+    SpanLink(bytes([9] * 16), bytes([10] * 8)),
+]
+
+
+def link_tuples(pb_span) -> list[tuple]:
+    """A decoded span's links as (trace_id, span_id, trace_state, [(key, value type, value)])."""
+    return [
+        (
+            link.trace_id,
+            link.span_id,
+            link.trace_state,
+            [(kv.key, kv.value.WhichOneof("value"), attributes([kv])[kv.key]) for kv in link.attributes],
+        )
+        for link in pb_span.links
+    ]
+
+
+EXPECTED_LINKS = [
+    (bytes([7] * 16), bytes([8] * 8), "vendor=x",
+     [("messaging.batch", "string_value", "b1"), ("n", "int_value", 3), ("ok", "bool_value", True)]),
+    (bytes([9] * 16), bytes([10] * 8), "", []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["protobuf_objects", "otlp_wire"])
+def test_links_round_trip_through_both_encoders(path):
+    linked = make_span(0, links=list(LINKS), trace_state="k=v")
+    plain = make_span(1)
+    if path == "protobuf_objects":
+        req = encode_request([linked, plain], "1")
+    else:
+        req = ExportTraceServiceRequest.FromString(encode_spans([linked, plain], "1"))
+    got, other = req.resource_spans[0].scope_spans[0].spans
+    assert link_tuples(got) == EXPECTED_LINKS
+    assert (got.trace_state, got.span_id, len(other.links)) == ("k=v", linked.span_id, 0)
 
 
 # ---- settings
@@ -299,6 +338,29 @@ def test_queue_delivers_exact_spans_and_headers(rx, protocol):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_links_reach_the_receiver(rx, protocol, monkeypatch):
+    # The receiver's flattened spans have no links: capture the decoded requests it records.
+    received = []
+    record = rx._record
+
+    def capture(proto, path, headers, request):
+        received.append(request)
+        return record(proto, path, headers, request)
+
+    monkeypatch.setattr(rx, "_record", capture)
+    base = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
+    settings = resolve_otlp_settings(None, protocol, None, {"OTEL_EXPORTER_OTLP_ENDPOINT": base})
+    queue = ExportQueue(create_exporter(settings), schedule_delay_s=5.0)
+    assert queue.submit([make_span(0, links=list(LINKS)), make_span(1)]) == 2
+    assert queue.flush(5.0)
+    queue.shutdown(1.0)
+    assert queue.stats().exported == 2
+    (request,) = received
+    linked, plain = request.resource_spans[0].scope_spans[0].spans
+    assert link_tuples(linked) == EXPECTED_LINKS and len(plain.links) == 0
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_backend_down_drops_as_export_failed_without_hanging(protocol):
     port = closed_port()
     exporter = (
@@ -306,9 +368,7 @@ def test_backend_down_drops_as_export_failed_without_hanging(protocol):
         if protocol == "grpc"
         else HttpExporter(f"http://127.0.0.1:{port}/v1/traces", {}, 1.0)
     )
-    queue = ExportQueue(
-        exporter, max_queue_spans=100, max_batch=10, max_retry_elapsed_s=0.4, initial_backoff_s=0.05
-    )
+    queue = ExportQueue(exporter, max_queue_spans=100, max_batch=10, max_retry_elapsed_s=0.4, initial_backoff_s=0.05)
     started = time.monotonic()
     assert queue.submit([make_span(i) for i in range(30)]) == 30
     assert queue.flush(10.0)
@@ -438,9 +498,7 @@ class FailingExporter:
 
 def test_no_busy_loop_and_rate_limited_logging(caplog):
     exporter = FailingExporter()
-    queue = ExportQueue(
-        exporter, max_batch=1, schedule_delay_s=0.01, max_retry_elapsed_s=0.15, initial_backoff_s=0.05
-    )
+    queue = ExportQueue(exporter, max_batch=1, schedule_delay_s=0.01, max_retry_elapsed_s=0.15, initial_backoff_s=0.05)
     with caplog.at_level(logging.WARNING, logger="otelbpf.export"):
         queue.submit([make_span(i) for i in range(4)])
         assert queue.flush(5.0)
