@@ -213,6 +213,31 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="how often traced processes are scanned for newly mapped TLS libraries; 0: only at start "
         "(env OTELBPF_TLS_SCAN_INTERVAL; default 1)",
     )
+    link = run.add_argument_group("traces (spans linked by thread, connection and traceparent)")
+    link.add_argument(
+        "--link-window",
+        type=float,
+        default=_env_number(env, "OTELBPF_LINK_WINDOW", 1.0),
+        metavar="SECONDS",
+        help="how long a trace must be quiet before its spans are sent; 0: no linking, each span is sent "
+        "at once as its own trace unless it carried a traceparent (env OTELBPF_LINK_WINDOW; default 1)",
+    )
+    link.add_argument(
+        "--link-max-hold",
+        type=float,
+        default=_env_number(env, "OTELBPF_LINK_MAX_HOLD", 10.0),
+        metavar="SECONDS",
+        help="how long spans wait for a parent request still running; then they go out under ids "
+        "reserved for it (env OTELBPF_LINK_MAX_HOLD; default 10)",
+    )
+    link.add_argument(
+        "--link-max-spans",
+        type=int,
+        default=_env_number(env, "OTELBPF_LINK_MAX_SPANS", 100000),
+        metavar="N",
+        help="most spans held for linking; past it the oldest trees go out early, counted "
+        "(env OTELBPF_LINK_MAX_SPANS; default 100000)",
+    )
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C and flags, exit
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

@@ -13,6 +13,7 @@ from typing import Protocol
 from otelbpf.correlate import SpanBuilder
 from otelbpf.events import EVENT_PROCESS, DecodeError, decode, decode_process
 from otelbpf.export import BatchQueue
+from otelbpf.linking import TraceLinker
 from otelbpf.ringbuf import RingBufferReader
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Collector:
         poll_interval_s: float = 0.1,
         max_batch: int = 8192,
         periodic: list[tuple[float, Callable[[], None]]] | None = None,
+        linker: TraceLinker | None = None,
     ) -> None:
         self._source = source
         self._reader = reader
@@ -90,6 +92,8 @@ class Collector:
         self._max_batch = max_batch
         # (interval, job): clock refresh, target rescans, the load governor.
         self._periodic = periodic or []
+        # None: spans go straight out, each its own trace unless it carried a traceparent.
+        self._linker = linker
         self.spans_built = 0
         # Spans per process since the load governor last looked: which processes to watch.
         self.active_pids: Counter[int] = Counter()
@@ -104,6 +108,8 @@ class Collector:
         spans = []
         pids = []
         build = self._builder.build
+        linker = self._linker
+        now = time.monotonic()
         for raw in records:
             try:
                 if raw[0] == EVENT_PROCESS:
@@ -116,18 +122,34 @@ class Collector:
                     logger.warning("malformed kernel record (%d so far): %s", self.malformed, exc)
                 continue
             try:
-                spans.append(build(ev))
+                span = build(ev)
+                if linker is not None:
+                    linker.add(span, ev, now)
+                else:
+                    spans.append(span)
                 pids.append(ev.pid)
             except Exception:  # a bug here must cost one span, not the collector
                 self.build_errors += 1
                 self.malformed += 1
                 if self.build_errors == 1:
                     logger.exception("failed to build a span from a kernel record")
-        if spans:
-            self.spans_built += len(spans)
+        if pids:
+            self.spans_built += len(pids)
             self.active_pids.update(pids)  # counted in C, once per batch
+        if linker is not None:
+            spans = linker.take_early()
+        if spans:
             self._queue.submit(spans)
         return len(records)
+
+    def release_linked(self, flush: bool = False) -> None:
+        """Send the trees the linker is done holding (all of them when flushing)."""
+        if self._linker is None:
+            return
+        now = time.monotonic()
+        ready = self._linker.flush(now) if flush else self._linker.take_ready(now)
+        if ready:
+            self._queue.submit(ready)
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
         """Loop until ``stop`` is set or the duration passes, then drain what is left."""
@@ -141,6 +163,7 @@ class Collector:
             self._reader.wait(wait)
             while self.process_once() >= self._max_batch:
                 pass  # keep up with a burst before sleeping again
+            self.release_linked()
             for i, (interval, job) in enumerate(self._periodic):
                 if now >= due[i]:
                     due[i] = now + interval
@@ -151,6 +174,24 @@ class Collector:
         # Requests that finished just before the stop are still in the ring: take them all.
         while self.process_once():
             pass
+        self.release_linked(flush=True)
+
+    def _link_notes(self) -> dict[str, int]:
+        if self._linker is None:
+            return {}
+        st = self._linker.stats
+        return {
+            "parents from traceparent headers": self._builder.stats.traceparents,
+            "parents found by thread": st.thread,
+            "  of which on an event loop (best effort)": st.event_loop,
+            "parents found by connection 4-tuple": st.connection,
+            "spans given links instead of a parent (ambiguous)": st.ambiguous,
+            "spans exported before their parent (reserved ids)": st.reserved,
+            "reserved parents never seen (shed, lost or still running)": st.parents_never_seen,
+            "links instead of parents (ids already fixed)": st.late_links,
+            "spans released before their window (hold buffer full)": st.released_early,
+            "parents not held (placeholder table full)": st.no_room,
+        }
 
     def take_active_pids(self, most: int = 16) -> list[int]:
         """The processes that produced the most spans since the last call (and reset the count)."""
@@ -184,6 +225,7 @@ class Collector:
             "TLS sessions tied to the thread's last TLS socket (memory BIO)": kernel.get("tls_guessed", 0),
             "TLS socket guesses corrected": kernel.get("tls_rebound", 0),
             "TLS calls untracked (in-flight table full)": kernel.get("tls_table_full", 0),
+            **self._link_notes(),
             **(extra_notes or {}),
         }
         return Summary(

@@ -1,8 +1,8 @@
 """Kernel HTTP events -> internal spans with OpenTelemetry HTTP semantic conventions.
 
 A server request that carries a valid W3C ``traceparent`` joins its caller's trace under the caller's
-span (``otelbpf.parent.source=traceparent``). Other parent links (thread, connection) come later; until
-then every other request is the root of its own trace.
+span (``otelbpf.parent.source=traceparent``). Every other span starts as the root of its own trace;
+``linking.py`` then finds parents by thread and by connection.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class BuildStats:
 
     unparsed_requests: int = 0
     invalid_traceparents: int = 0  # a new trace was started instead
+    traceparents: int = 0  # server spans that joined their caller's trace
 
 
 class SpanBuilder:
@@ -188,6 +189,7 @@ class SpanBuilder:
             if parent is None:
                 self.stats.invalid_traceparents += 1
             else:
+                self.stats.traceparents += 1
                 attrs["otelbpf.parent.source"] = "traceparent"
         return Span(
             trace_id=parent.trace_id if parent else self._ids.trace_id(),

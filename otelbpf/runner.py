@@ -18,7 +18,7 @@ from otelbpf.btf import BtfError
 from otelbpf.clock import ClockMap
 from otelbpf.collector import Collector
 from otelbpf.console import ConsolePrinter, ConsoleQueue
-from otelbpf.correlate import SpanBuilder
+from otelbpf.correlate import IdGenerator, SpanBuilder
 from otelbpf.export import (
     BatchQueue,
     ExportQueue,
@@ -28,6 +28,7 @@ from otelbpf.export import (
 )
 from otelbpf.governor import LoadGovernor
 from otelbpf.kernel_offsets import all_offsets
+from otelbpf.linking import TraceLinker
 from otelbpf.resources import ResourceCache
 from otelbpf.targets import TargetError, TargetSpec, resolve
 from otelbpf.tls_libraries import TlsLibrary
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from otelbpf.probes import KernelProbes
 
 logger = logging.getLogger(__name__)
+
+# One id source for the builder and the linker.
+ids = IdGenerator()
 
 
 class RunError(RuntimeError):
@@ -94,6 +98,19 @@ def lower_priority(nice: int, sched_idle: bool) -> None:
             logger.warning("could not lower the collector's priority: %s", exc)
 
 
+def _linker(args: argparse.Namespace) -> TraceLinker | None:
+    """The span linker the flags ask for; None with --link-window 0."""
+    if args.link_window < 0:
+        raise ValueError(f"--link-window must be 0 (no linking) or more, got {args.link_window}")
+    if args.link_window == 0:
+        return None
+    if args.link_max_hold < args.link_window:
+        raise ValueError(f"--link-max-hold ({args.link_max_hold}) must be at least --link-window ({args.link_window})")
+    if args.link_max_spans < 1:
+        raise ValueError(f"--link-max-spans must be at least 1, got {args.link_max_spans}")
+    return TraceLinker(ids.trace_id, ids.span_id, args.link_window, args.link_max_hold, args.link_max_spans)
+
+
 def _start_tls(
     args: argparse.Namespace, probes: KernelProbes, trace_all: bool, user: list[TlsLibrary]
 ) -> TlsWatcher | None:
@@ -138,6 +155,10 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         settings.cflags()
     except ValueError as exc:
         raise RunError(str(exc)) from exc
+    try:
+        linker = _linker(args)
+    except ValueError as exc:
+        raise RunError(str(exc)) from exc
     if args.tls_scan_interval < 0:
         raise RunError(f"--tls-scan-interval must be 0 (scan only at start) or more, got {args.tls_scan_interval}")
     if args.ebpf:
@@ -174,7 +195,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             probes.add_targets(pids)
         probes.configure(self_pid, trace_all=spec.trace_all, max_per_second=args.max_spans_per_second)
         reader = RingBufferReader(probes.ring_fd, probes.ring_size)
-        builder = SpanBuilder(ResourceCache(env), ClockMap(), capture_query=args.capture_query)
+        builder = SpanBuilder(ResourceCache(env), ClockMap(), ids=ids, capture_query=args.capture_query)
 
         def refresh() -> None:
             builder.clock.maybe_refresh()
@@ -208,7 +229,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 last["events"] = events_now
 
             periodic.append((1.0, govern))
-        collector = Collector(probes, reader, builder, queue, settings.capture_bytes, periodic=periodic)
+        collector = Collector(probes, reader, builder, queue, settings.capture_bytes, periodic=periodic, linker=linker)
         stop = threading.Event()
         install_signal_handlers(stop)
         what = spec.describe()
