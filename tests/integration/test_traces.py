@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     Server,
     TlsCert,
     assert_summary,
+    clean_env,
     settle,
     start_script_server,
     start_server,
@@ -61,13 +62,20 @@ class Chain:
         return f"pid {pid}"
 
 
+def named(service: str) -> dict[str, str]:
+    """The environment for a chain service: its own OTEL_SERVICE_NAME, as a user would set it."""
+    return clean_env(OTEL_SERVICE_NAME=service)
+
+
 def start_backend(tmp: Path, cert: TlsCert) -> Server:
-    return start_script_server(SERVERS / "chain_backend.py", str(cert.cert), str(cert.key), log=tmp / "backend.log")
+    return start_script_server(
+        SERVERS / "chain_backend.py", str(cert.cert), str(cert.key), env=named("backend"), log=tmp / "backend.log"
+    )
 
 
 def start_node(tmp: Path, backend: Server, cert: TlsCert) -> Server:
     argv = [NODE, str(SERVERS / "chain_node.js"), f"https://127.0.0.1:{backend.port}", str(cert.cert)]
-    return start_server(argv, name="chain_node.js", log=tmp / "node.log")
+    return start_server(argv, name="chain_node.js", env=named("node"), log=tmp / "node.log")
 
 
 # Fresh processes for every test: a connection that node pooled in an earlier test would carry this
@@ -87,7 +95,9 @@ def backend_and_node(tmp_path: Path, tls_cert: TlsCert) -> Iterator[tuple[Server
 
 
 def _front(script: str, *args: str, tmp: Path, node: Server) -> Iterator[Server]:
-    front = start_script_server(SERVERS / script, f"http://127.0.0.1:{node.port}", *args, log=tmp / f"{script}.log")
+    front = start_script_server(
+        SERVERS / script, f"http://127.0.0.1:{node.port}", *args, env=named("front"), log=tmp / f"{script}.log"
+    )
     try:
         yield front
     finally:
@@ -310,3 +320,29 @@ def test_sdk_caller_trace_is_continued_through_the_chain(chain, otelbpf, receive
     # The malformed header started a trace of its own, and the chain below it is still whole.
     (fresh,) = by_trace.values()
     assert shape(chain, fresh) == expected(ids[0])
+
+
+def test_terminal_prints_the_linked_tree(chain, otelbpf):
+    """No endpoint: the trace is printed as one tree over the three services, links labelled."""
+    run = otelbpf(*chain.pids())
+    drive(chain, [700])
+    res = run.stop()  # the linker flushes what it holds on the way out
+    assert_summary(res, requests=5, exported=5)
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert len(lines) == 6, res.stdout  # one header, five spans
+    assert lines[0].startswith("trace ")
+    assert lines[0].split()[2] == "front" and lines[0].endswith("(5 spans, 3 services)"), lines[0]
+    # Box-drawing connectors on a UTF-8 stream, ASCII ones otherwise (the locale decides).
+    lines = [line.replace("`- ", "└─ ") for line in lines]
+    rows = [(line.split("pid=")[0].rstrip(), line.split("pid=")[1].split()[0]) for line in lines[1:]]
+    pid = {"front": chain.front.pid, "node": chain.node.pid, "backend": chain.backend.pid}
+    expected_rows = [
+        ("SERVER GET /order/{id} 200", "front"),
+        ("└─ CLIENT GET /stock/{id} 200 [thread]", "front"),
+        ("└─ SERVER GET /stock/{id} 200 [connection]", "node"),
+        ("└─ CLIENT GET /price/{id} 200 https [thread]", "node"),
+        ("└─ SERVER GET /price/{id} 200 https [connection]", "backend"),
+    ]
+    for (text, row_pid), (label, service) in zip(rows, expected_rows, strict=True):
+        assert text.strip().startswith(label), (text, label)
+        assert text.split()[-1] == service and int(row_pid) == pid[service]
