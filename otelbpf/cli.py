@@ -217,10 +217,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     link.add_argument(
         "--link-window",
         type=float,
-        default=_env_number(env, "OTELBPF_LINK_WINDOW", 1.0),
+        default=_env_number(env, "OTELBPF_LINK_WINDOW", 0.5),
         metavar="SECONDS",
         help="how long a trace must be quiet before its spans are sent; 0: no linking, each span is sent "
-        "at once as its own trace unless it carried a traceparent (env OTELBPF_LINK_WINDOW; default 1)",
+        "at once as its own trace unless it carried a traceparent (env OTELBPF_LINK_WINDOW; default 0.5)",
     )
     link.add_argument(
         "--link-max-hold",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from otelbpf import events
@@ -42,10 +42,12 @@ LINK_SOURCE = "otelbpf.link.source"
 RESERVED_RETAIN_S = 120.0
 # Most links on one span: an event loop with hundreds of requests in flight must not bloat it.
 MAX_LINKS = 8
-# Server spans remembered per thread, for the "what else was in flight" check.
-PER_THREAD = 256
-# How far out of end order records may arrive (several CPUs write one ring buffer).
-REORDER_NS = 10_000_000
+# Spans remembered per thread and per connection, for the overlap checks.
+PER_KEY = 256
+# How far out of end order records may arrive: several CPUs write one ring buffer, each record a few
+# microseconds after its end time (a response ended by the next request or a close comes later still,
+# and may miss an overlap check).
+REORDER_NS = 1_000_000
 
 ConnKey = tuple[str, int, str, int]  # client address, client port, server address, server port
 
@@ -104,13 +106,13 @@ class _Node:
         self.span_id = span_id
         self.trace_id: bytes | None = None  # set once fixed: by traceparent, reservation or export
         self.parent: _Node | None = None
-        self.children: list[_Node] = []
+        self.children: list[_Node] | tuple[()] = ()  # a list once there is a child: most spans have none
         self.external = False  # parent given by traceparent (span.parent_span_id is remote)
         self.exported = False
         self.due = now  # latest due time in this node's subtree
         self.first_seen = now
         self.source = ""
-        self.links: list[SpanLink] = []
+        self.links: list[SpanLink] | tuple[()] = ()
         self.conn_child = False  # a client whose server end is already its child
         self.gone = False  # dropped from the indexes
         self.overlap: list[_Node] | None = None  # clients: server requests on the thread in flight at start
@@ -134,6 +136,49 @@ def _add_overlap(client: _Node, server: _Node) -> None:
         client.overlap.append(server)
 
 
+def _link(node: _Node, link: SpanLink) -> None:
+    if node.links:
+        node.links.append(link)  # type: ignore[union-attr]
+    else:
+        node.links = [link]
+
+
+def _remember(index: dict, key: object, node: _Node) -> None:
+    if key is None:
+        return
+    recent = index.get(key)
+    if recent is None:
+        recent = index[key] = deque(maxlen=PER_KEY)
+    recent.append(node)
+
+
+def _prune(index: dict, key: object) -> None:
+    """Drop forgotten spans from the old end of one index entry, and the entry once empty."""
+    recent = index.get(key) if key is not None else None
+    if recent is None:
+        return
+    while recent and recent[0].gone:
+        recent.popleft()
+    if not recent:
+        del index[key]
+
+
+def _ended_since(recent: deque[_Node] | None, start: int) -> Iterator[_Node]:
+    """Spans that ended after ``start``, newest first. Records arrive in the order requests ended,
+    so the walk stops at the first one that ended before (less a margin for records written late)."""
+    if not recent:
+        return
+    for other in reversed(recent):
+        if other.kend < start - REORDER_NS:
+            return
+        yield other
+
+
+def _overlapping(recent: deque[_Node] | None, node: _Node) -> list[_Node]:
+    """Spans in an index entry whose time overlaps node's."""
+    return [o for o in _ended_since(recent, node.kstart) if _overlap(o, node) > 0]
+
+
 def _overlap(a: _Node, b: _Node) -> int:
     return min(a.kend, b.kend) - max(a.kstart, b.kstart)
 
@@ -145,7 +190,7 @@ class TraceLinker:
         self,
         new_trace_id: Callable[[], bytes],
         new_span_id: Callable[[], bytes],
-        window_s: float = 1.0,
+        window_s: float = 0.5,
         max_hold_s: float = 10.0,
         max_spans: int = 100_000,
     ) -> None:
@@ -160,11 +205,16 @@ class TraceLinker:
         self.max_spans = max_spans
         # Indexes, each bounded by expiry.
         self._servers: dict[tuple[int, int], _Node] = {}  # (pid, kernel start) -> server request
-        self._threads: dict[tuple[int, int], deque[_Node]] = {}
-        self._conn_clients: dict[ConnKey, list[_Node]] = {}
-        self._conn_servers: dict[ConnKey, list[_Node]] = {}
+        # Recent spans in arrival order (= the order requests ended), per thread and per 4-tuple, one
+        # index per role so that a scan only walks the other role's spans.
+        self._thread_servers: dict[tuple[int, int], deque[_Node]] = {}
+        self._thread_clients: dict[tuple[int, int], deque[_Node]] = {}
+        self._conn_clients: dict[ConnKey, deque[_Node]] = {}
+        self._conn_servers: dict[ConnKey, deque[_Node]] = {}
         self._heap: list[tuple[float, int, _Node]] = []  # (due, seq, node) of held trees
-        self._expiry: list[tuple[float, int, _Node]] = []  # (when, seq, node) to drop from indexes
+        # (when, node) to drop from the indexes; times only grow, so deques stay in order.
+        self._expiry: deque[tuple[float, _Node]] = deque()
+        self._reserved_expiry: deque[tuple[float, _Node]] = deque()
         self._seq = itertools.count()
         self.held = 0
         self.placeholders = 0  # server requests children point at whose span has not arrived
@@ -203,8 +253,9 @@ class TraceLinker:
             # traceparent: an explicit parent beats anything inferred.
             if node.trace_id is not None and node.trace_id != span.trace_id:
                 # Children went out under reserved ids: keep them whole, link to the caller instead.
-                node.links.append(
-                    SpanLink(span.trace_id, span.parent_span_id, span.trace_state, ((LINK_SOURCE, "traceparent"),))
+                _link(
+                    node,
+                    SpanLink(span.trace_id, span.parent_span_id, span.trace_state, ((LINK_SOURCE, "traceparent"),)),
                 )
                 span.parent_span_id = None
                 span.trace_state = ""
@@ -216,8 +267,10 @@ class TraceLinker:
                 return
         if node.conn is None:
             return
-        self._conn_servers.setdefault(node.conn, []).append(node)
-        candidates = [c for c in self._conn_clients.get(node.conn, ()) if not c.conn_child and _overlap(c, node) > 0]
+        _remember(self._conn_servers, node.conn, node)
+        candidates = [
+            c for c in _overlapping(self._conn_clients.get(node.conn), node) if not c.conn_child and not c.gone
+        ]
         self._match_connection(node, candidates)
 
     def _client_arrived(self, node: _Node) -> None:
@@ -236,11 +289,11 @@ class TraceLinker:
                 self.stats.thread += 1
         if node.conn is None:
             return
-        self._conn_clients.setdefault(node.conn, []).append(node)
+        _remember(self._conn_clients, node.conn, node)
         servers = [
             s
-            for s in self._conn_servers.get(node.conn, ())
-            if s.parent is None and not s.external and _overlap(s, node) > 0
+            for s in _overlapping(self._conn_servers.get(node.conn), node)
+            if s.parent is None and not s.external and not s.gone
         ]
         if len(servers) == 1:
             if self._attach(servers[0], node, "connection"):
@@ -262,7 +315,7 @@ class TraceLinker:
 
     def _ambiguous(self, node: _Node, candidates: list[_Node], source: str) -> None:
         for c in candidates[:MAX_LINKS]:
-            node.links.append(SpanLink(self._fix_trace(c), c.span_id, "", ((LINK_SOURCE, source),)))
+            _link(node, SpanLink(self._fix_trace(c), c.span_id, "", ((LINK_SOURCE, source),)))
         self.stats.ambiguous += 1
 
     # ---- tree bookkeeping ----
@@ -306,7 +359,10 @@ class TraceLinker:
             self._root(parent).trace_id = child_trace  # the parent's tree adopts the fixed id
         child.parent = parent
         child.source = source
-        parent.children.append(child)
+        if parent.children:
+            parent.children.append(child)
+        else:
+            parent.children = [child]
         root = self._root(parent)
         if child.due > root.due:
             root.due = child.due
@@ -318,9 +374,9 @@ class TraceLinker:
         # still held.
         self.stats.late_links += 1
         if not parent.exported and parent.span is not None:
-            parent.links.append(SpanLink(self._fix_trace(child), child.span_id, "", ((LINK_SOURCE, source),)))
+            _link(parent, SpanLink(self._fix_trace(child), child.span_id, "", ((LINK_SOURCE, source),)))
         elif not child.exported and child.span is not None:
-            child.links.append(SpanLink(self._fix_trace(parent), parent.span_id, "", ((LINK_SOURCE, source),)))
+            _link(child, SpanLink(self._fix_trace(parent), parent.span_id, "", ((LINK_SOURCE, source),)))
 
     def _push(self, node: _Node) -> None:
         heapq.heappush(self._heap, (node.due, next(self._seq), node))
@@ -386,7 +442,7 @@ class TraceLinker:
             if span is None:
                 # A parent that has not arrived: its ids are now reserved for it.
                 self.stats.reserved += sum(1 for c in node.children if not c.exported)
-                heapq.heappush(self._expiry, (now + RESERVED_RETAIN_S, next(self._seq), node))
+                self._reserved_expiry.append((now + RESERVED_RETAIN_S, node))
                 continue
             self._finish(node, span, trace, now)
             out.append(span)
@@ -409,34 +465,29 @@ class TraceLinker:
             span.links.extend(node.links[:MAX_LINKS])
         node.exported = True
         node.span = None
-        node.children = []
-        node.links = []
+        node.children = ()
+        node.links = ()
         node.overlap = None
         self.held -= 1
         # Kept findable a little longer, for a late child (a call that outlived its parent) or a late
         # caller; after that only its ids remain, in the spans already sent.
-        heapq.heappush(self._expiry, (now + 2 * self.window_s, next(self._seq), node))
+        self._expiry.append((now + 2 * self.window_s, node))
 
     def _note_thread(self, node: _Node) -> None:
         """Pair node with the spans on its thread it overlaps: which server requests were in flight
         when each client request started (the event-loop mark, and links when there is no parent)."""
         key = (node.pid, node.tid)
-        recent = self._threads.get(key)
-        if recent is None:
-            recent = self._threads[key] = deque(maxlen=PER_THREAD)
         start = node.kstart
-        # Newest first. Records arrive in the order requests ended, so once one ended well before
-        # node started (a margin for records written late), older ones did too: the scan only
-        # covers what ended while node was running.
-        for other in reversed(recent):
-            if other.kend < start - REORDER_NS:
-                break
-            if node.server:
-                if not other.server and not other.exported and start <= other.kstart <= node.kend:
-                    _add_overlap(other, node)
-            elif other.server and other.kstart <= start <= other.kend:
-                _add_overlap(node, other)
-        recent.append(node)
+        if node.server:
+            for client in _ended_since(self._thread_clients.get(key), start):
+                if not client.exported and start <= client.kstart <= node.kend:
+                    _add_overlap(client, node)
+            _remember(self._thread_servers, key, node)
+        else:
+            for server in _ended_since(self._thread_servers.get(key), start):
+                if server.kstart <= start <= server.kend and not server.gone:
+                    _add_overlap(node, server)
+            _remember(self._thread_clients, key, node)
 
     def _mark_event_loop(self, node: _Node, parent: _Node, span: Span) -> None:
         if node.overlap and any(s is not parent for s in node.overlap):
@@ -450,15 +501,15 @@ class TraceLinker:
             self._ambiguous(node, node.overlap, "thread")
 
     def _expire(self, now: float) -> None:
-        expiry = self._expiry
-        while expiry and expiry[0][0] <= now:
-            _, _, node = heapq.heappop(expiry)
-            if node.gone or (node.span is not None and not node.exported):
-                continue  # already forgotten, or its span came and is held: expires after export
-            if not node.exported:
-                self.stats.parents_never_seen += 1
-                self.placeholders -= 1
-            self._forget(node)
+        for expiry in (self._expiry, self._reserved_expiry):
+            while expiry and expiry[0][0] <= now:
+                _, node = expiry.popleft()
+                if node.gone or (node.span is not None and not node.exported):
+                    continue  # already forgotten, or its span came and is held: expires after export
+                if not node.exported:
+                    self.stats.parents_never_seen += 1
+                    self.placeholders -= 1
+                self._forget(node)
 
     def _forget(self, node: _Node) -> None:
         node.gone = True
@@ -466,15 +517,9 @@ class TraceLinker:
             key = (node.pid, node.kstart)
             if self._servers.get(key) is node:
                 del self._servers[key]
-        for index in (self._conn_clients, self._conn_servers):
-            nodes = index.get(node.conn) if node.conn else None
-            if nodes and node in nodes:
-                nodes.remove(node)
-                if not nodes:
-                    del index[node.conn]
-        threads = self._threads.get((node.pid, node.tid))
-        if threads is not None:
-            while threads and threads[0].gone:
-                threads.popleft()
-            if not threads:
-                del self._threads[(node.pid, node.tid)]
+        if node.server:
+            _prune(self._thread_servers, (node.pid, node.tid))
+            _prune(self._conn_servers, node.conn)
+        else:
+            _prune(self._thread_clients, (node.pid, node.tid))
+            _prune(self._conn_clients, node.conn)

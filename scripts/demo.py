@@ -118,7 +118,7 @@ def demo(cert: Path, key: Path) -> int:
         ]
         for o in orders:
             o.wait()
-        time.sleep(2.0)  # the linker holds spans until their trace has been quiet for 1 s
+        time.sleep(2.0)  # the linker holds spans until their trace has been quiet for 0.5 s
         tracer.send_signal(signal.SIGINT)
         for line in tracer.stderr:
             sys.stderr.write(line)

@@ -246,7 +246,7 @@ def test_reserved_parents_that_never_come_are_counted_and_forgotten() -> None:
     assert lk.placeholders == 1
     lk.take_ready(1000.0)
     assert lk.stats.parents_never_seen == 1 and lk.placeholders == 0
-    assert lk._servers == {} and lk._conn_clients == {} and lk._threads == {}
+    assert lk._servers == {} and lk._conn_clients == {} and lk._thread_clients == {}
 
 
 def test_indexes_drain_after_everything_expires() -> None:
@@ -255,8 +255,9 @@ def test_indexes_drain_after_everything_expires() -> None:
         feed(lk, list(chain(i * 2000).values()), now=i * 0.01)
     assert len(lk.take_ready(2.0)) == 100
     lk.take_ready(100.0)
-    assert lk._servers == {} and lk._conn_clients == {} and lk._conn_servers == {} and lk._threads == {}
-    assert lk._heap == [] and lk._expiry == []
+    assert lk._servers == {} and lk._conn_clients == {} and lk._conn_servers == {}
+    assert lk._thread_servers == {} and lk._thread_clients == {}
+    assert lk._heap == [] and not lk._expiry and not lk._reserved_expiry
 
 
 def test_a_full_hold_buffer_releases_the_oldest_trees_early() -> None:
