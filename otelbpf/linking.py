@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -42,6 +42,8 @@ LINK_SOURCE = "otelbpf.link.source"
 RESERVED_RETAIN_S = 120.0
 # Most links on one span: an event loop with hundreds of requests in flight must not bloat it.
 MAX_LINKS = 8
+# Connections remembered as having no traced caller.
+MAX_UNCALLED = 65536
 # Spans remembered per thread and per connection, for the overlap checks.
 PER_KEY = 256
 # How far out of end order records may arrive: several CPUs write one ring buffer, each record a few
@@ -219,6 +221,9 @@ class TraceLinker:
         self.held = 0
         self.placeholders = 0  # server requests children point at whose span has not arrived
         self._early: list[Span] = []
+        # 4-tuples whose last server span found no traced caller in its window (LRU, bounded): the
+        # next request on the connection has no caller either, so it need not wait for one.
+        self._uncalled: OrderedDict[ConnKey, None] = OrderedDict()
         self.stats = LinkStats()
 
     # ---- intake ----
@@ -227,6 +232,15 @@ class TraceLinker:
         """Take one new span (with the kernel facts behind it)."""
         server = ev.role == events.ROLE_SERVER
         node = self._servers.get((ev.pid, ev.start_ns)) if server else None
+        if server and node is None and span.parent_span_id is None and self._uncalled:
+            conn = _conn_key(span, True)
+            if conn in self._uncalled and (ev.pid, ev.tid) not in self._thread_clients:
+                # Keep-alive from an untraced client (a load balancer, a browser) to a thread that
+                # makes no calls itself (a static file server): nothing will claim this span, so it
+                # goes out at once, its own trace, without being held or indexed.
+                self._uncalled.move_to_end(conn)
+                self._early.append(span)
+                return
         if node is None or node.span is not None:
             node = _Node(span.span_id, now)
             if server:
@@ -244,7 +258,12 @@ class TraceLinker:
             self._server_arrived(node, span)
         else:
             self._client_arrived(node)
-        self._push(node)
+        if server and node.parent is None and not node.external and node.conn in self._uncalled:
+            # Keep-alive from an untraced client to a thread that also makes calls: nothing will
+            # come to claim this span either, but client spans on the thread may need it indexed.
+            self._release(node, now, self._early)
+        else:
+            self._push(node)
         if self.held > self.max_spans:
             self._release_oldest(now)
 
@@ -290,6 +309,7 @@ class TraceLinker:
         if node.conn is None:
             return
         _remember(self._conn_clients, node.conn, node)
+        self._uncalled.pop(node.conn, None)  # a traced caller after all
         servers = [
             s
             for s in _overlapping(self._conn_servers.get(node.conn), node)
@@ -459,7 +479,10 @@ class TraceLinker:
                 self._mark_event_loop(node, parent, span)
         elif not node.external:
             span.parent_span_id = None
-            if not node.server and not node.cause:
+            if node.server:
+                if node.conn is not None:
+                    self._note_uncalled(node.conn)
+            elif not node.cause:
                 self._thread_candidates(node)
         if node.links:
             span.links.extend(node.links[:MAX_LINKS])
@@ -472,6 +495,15 @@ class TraceLinker:
         # Kept findable a little longer, for a late child (a call that outlived its parent) or a late
         # caller; after that only its ids remain, in the spans already sent.
         self._expiry.append((now + 2 * self.window_s, node))
+
+    def _note_uncalled(self, conn: ConnKey) -> None:
+        uncalled = self._uncalled
+        if conn in uncalled:
+            uncalled.move_to_end(conn)
+            return
+        uncalled[conn] = None
+        if len(uncalled) > MAX_UNCALLED:
+            uncalled.popitem(last=False)
 
     def _note_thread(self, node: _Node) -> None:
         """Pair node with the spans on its thread it overlaps: which server requests were in flight

@@ -298,3 +298,22 @@ def test_bad_settings_are_refused() -> None:
         linker(window=5, max_hold=1)
     with pytest.raises(ValueError):
         linker(max_spans=0)
+
+
+def test_keep_alive_from_an_untraced_client_is_not_held_after_the_first_request() -> None:
+    lk = linker()
+    first = make(NODE, 21, S, 100, 200, 9000, 51000)
+    feed(lk, [first], now=0.0)
+    assert lk.take_early() == [] and lk.take_ready(0.5) == []  # held: a caller might still come
+    assert lk.take_ready(1.0) == [first[0]]
+    second = make(NODE, 21, S, 300, 400, 9000, 51000)
+    feed(lk, [second], now=1.1)
+    assert lk.take_early() == [second[0]]  # the connection had no traced caller: out at once
+    assert lk.held == 0
+    # A traced caller shows up on the connection after all: its server spans wait for it again.
+    feed(lk, [make(FRONT, 11, C, 450, 700, 51000, 9000)], now=1.2)
+    third = make(NODE, 21, S, 500, 650, 9000, 51000)
+    feed(lk, [third], now=1.2)
+    assert lk.take_early() == []
+    lk.take_ready(3.0)
+    assert third[0].attributes[PARENT_SOURCE] == "connection"
