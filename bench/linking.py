@@ -108,7 +108,8 @@ def main() -> int:
     base, linked = run(args.traces, args.rate, False, False), run(args.traces, args.rate, True, False)
     base_mem, linked_mem = run(args.traces, args.rate, False, True), run(args.traces, args.rate, True, True)
     extra = linked["cpu_us_per_span"] - base["cpu_us_per_span"]
-    print(f"{args.traces} traces x 5 spans at {args.rate:.0f} traces/s ({5 * args.rate:.0f} spans/s), window 1 s")
+    window = TraceLinker(bytes, bytes).window_s
+    print(f"{args.traces} traces x 5 spans at {args.rate:.0f} traces/s ({5 * args.rate:.0f} spans/s), window {window}s")
     print("| | spans passed through | linker |\n|---|---:|---:|")
     print(f"| CPU per span, making the span included (µs) | {base['cpu_us_per_span']:.2f} | "
           f"{linked['cpu_us_per_span']:.2f} (+{extra:.2f}) |")  # fmt: skip
