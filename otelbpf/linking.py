@@ -232,8 +232,8 @@ class TraceLinker:
         """Take one new span (with the kernel facts behind it)."""
         server = ev.role == events.ROLE_SERVER
         node = self._servers.get((ev.pid, ev.start_ns)) if server else None
+        conn = _conn_key(span, server)
         if server and node is None and span.parent_span_id is None and self._uncalled:
-            conn = _conn_key(span, True)
             if conn in self._uncalled and (ev.pid, ev.tid) not in self._thread_clients:
                 # Keep-alive from an untraced client (a load balancer, a browser) to a thread that
                 # makes no calls itself (a static file server): nothing will claim this span, so it
@@ -250,7 +250,7 @@ class TraceLinker:
         node.span = span
         node.pid, node.tid, node.server = ev.pid, ev.tid, server
         node.kstart, node.kend, node.cause = ev.start_ns, ev.end_ns, ev.cause_ns if not server else 0
-        node.conn = _conn_key(span, server)
+        node.conn = conn
         node.due = max(node.due, now + self.window_s)
         self.held += 1
         self._note_thread(node)
@@ -450,7 +450,8 @@ class TraceLinker:
     def _release(self, root: _Node, now: float, out: list[Span]) -> None:
         trace = root.trace_id or (root.parent.trace_id if root.parent is not None else None)
         if trace is None:
-            trace = self._new_trace_id()
+            # A trace of its own: the root keeps the random id the span builder gave it.
+            trace = root.span.trace_id if root.span is not None else self._new_trace_id()
         stack = [root]
         while stack:
             node = stack.pop()
