@@ -17,13 +17,15 @@ from __future__ import annotations
 import http.client
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 DOWNSTREAM = urlsplit("http://127.0.0.1")
 
 
-def fetch(path: str) -> bytes:
-    conn = http.client.HTTPConnection(DOWNSTREAM.hostname, DOWNSTREAM.port, timeout=10)
+def fetch(path: str, downstream: SplitResult | None = None) -> bytes:
+    """GET path from the downstream service on a new connection (also used by chain_gunicorn_app)."""
+    downstream = downstream or DOWNSTREAM
+    conn = http.client.HTTPConnection(downstream.hostname, downstream.port, timeout=10)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()

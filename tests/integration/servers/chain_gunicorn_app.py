@@ -16,19 +16,7 @@ import os
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-
-def fetch(path: str) -> bytes:
-    downstream = urlsplit(os.environ["CHAIN_DOWNSTREAM"])
-    conn = http.client.HTTPConnection(downstream.hostname, downstream.port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise OSError(f"downstream status {resp.status}")
-        return body
-    finally:
-        conn.close()
+from chain_front import fetch  # the same downstream call as the threaded front (servers/ is on sys.path)
 
 
 def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -36,7 +24,8 @@ def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
     if environ.get("REQUEST_METHOD") == "GET" and path.startswith("/order/"):
         oid = path[len("/order/") :]
         try:
-            status, body = "200 OK", f"order {oid}: ".encode() + fetch(f"/stock/{oid}")
+            downstream = urlsplit(os.environ["CHAIN_DOWNSTREAM"])
+            status, body = "200 OK", f"order {oid}: ".encode() + fetch(f"/stock/{oid}", downstream)
         except (OSError, http.client.HTTPException) as exc:
             status, body = "502 Bad Gateway", f"bad gateway: {exc}\n".encode()
     else:
