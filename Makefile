@@ -5,14 +5,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 KREL := $(shell uname -r)
-APT_PACKAGES := python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils openssl wget nodejs
 
 .PHONY: setup demo test unit integration bench bench-https lint clean
 
 setup: .setup-stamp
 
 .setup-stamp: pyproject.toml scripts/setup.sh
-	APT_PACKAGES="$(APT_PACKAGES)" bash scripts/setup.sh
+	bash scripts/setup.sh
 	touch $@
 
 demo: setup

@@ -10,11 +10,12 @@ fi
 if apt-get install -y -qq "linux-headers-$krel" >/dev/null 2>&1; then
   [ -d "$build/include" ] && exit 0
 fi
-dpkg-query -W -f='${Status}' linux-headers-amd64 2>/dev/null | grep -q "install ok installed" || {
+arch=$(dpkg --print-architecture)
+dpkg-query -W -f='${Status}' "linux-headers-$arch" 2>/dev/null | grep -q "install ok installed" || {
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-headers-amd64
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "linux-headers-$arch"
 }
-hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+hdr=$(ls -d /usr/src/linux-headers-*-"$arch" 2>/dev/null | sort -V | tail -1)
 common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
 if [ -z "$hdr" ]; then
   echo "kernel-headers: no linux-headers package found" >&2

@@ -3,7 +3,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=${APT_PACKAGES:-"python3 python3-venv python3-bpfcc bpftool gcc make curl nginx-light wrk apache2-utils openssl wget nodejs"}
+# Every package anything here uses, grouped by who needs it. The list is checked against a pristine
+# Debian 12 (../shared/tools/fresh-machine.sh): what a development machine happens to have does not count.
+RUNTIME="python3 python3-venv python3-bpfcc bpftool"
+# make demo: its servers and clients.
+DEMO="curl nginx-light openssl nodejs"
+# make test: gcc links the fake TLS libraries and ELF files the unit tests build (libc6-dev carries crt1.o
+# and crti.o, which gcc only recommends); readelf (binutils) cross-checks the ELF reader; setpriv
+# (util-linux) drops root for the not-root test; libnss3 and libgnutls-openssl27 are the look-alike
+# libraries that TLS discovery must refuse; redis-server is the non-HTTP server the selection tests trace;
+# wget is the GnuTLS client.
+TEST="gcc libc6-dev binutils make util-linux redis-server libnss3 libgnutls-openssl27 wget"
+# make bench: load generators.
+BENCH="wrk apache2-utils"
+APT_PACKAGES=${APT_PACKAGES:-"$RUNTIME $DEMO $TEST $BENCH"}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (it installs packages and links kernel headers)" >&2
@@ -25,10 +38,15 @@ fi
 # through them (socket offsets come from BTF), so a near version is enough.
 bash scripts/kernel-headers.sh
 
-# nginx-light's package starts a system nginx on :80; tests and benchmarks run their own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
-  systemctl stop nginx || true
-  systemctl disable nginx >/dev/null 2>&1 || true
+# nginx-light's and redis-server's packages start system services where systemd runs; tests and
+# benchmarks run their own, on free ports.
+if command -v systemctl >/dev/null 2>&1; then
+  for unit in nginx redis-server; do
+    if systemctl is-active --quiet "$unit" 2>/dev/null; then
+      systemctl stop "$unit" || true
+      systemctl disable "$unit" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # The venv must use the distribution's Python: python3-bpfcc is installed for it.
