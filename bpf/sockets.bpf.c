@@ -39,6 +39,11 @@
 #error "kernel struct offsets (OFF_*) must come from BTF: see otelbpf/kernel_offsets.py"
 #endif
 #define WINDOW_NS 100000000ULL
+/* TCP states as sock:inet_sock_set_state reports them (include/net/tcp_states.h, a stable ABI). */
+#define TCP_STATE_SYN_SENT 2
+#define TCP_STATE_CLOSE 7
+/* otelbpf's own connections remembered at once; it opens one or two per exporter. */
+#define MAX_OWN_CONNS 1024
 #define CAP OTELBPF_CAPTURE_BYTES
 #define MAX_IOV 8
 
@@ -138,15 +143,37 @@ struct scan_state {
 	u32 _pad;
 };
 
+/* A TCP connection as its server end sees it. Addresses in IPv6 form (IPv4 as ::ffff:a.b.c.d), so
+ * a dual-stack server's view of an IPv4 client matches the client's own; ports in host order. */
+struct conn_tuple {
+	u8 local_addr[16];
+	u8 peer_addr[16];
+	u16 local_port;
+	u16 peer_port;
+	u32 _pad;
+};
+
 struct scratch {
 	char buf[2 * CAP];
 	struct scan_state ss;
 	struct conn_key key; /* the connection check_pipeline should look at */
+	/* A lookup key for own_conns, built here rather than on the stack: process_io is close to
+	 * the verifier's limit, and stack bytes written on one path stop it pruning the others. */
+	struct conn_tuple tuple;
 };
 
 struct comm_key {
 	char comm[16];
 };
+
+/* connect() in flight on one thread: its fd, and the socket it connects, seen in
+ * sock:inet_sock_set_state (SYN_SENT) inside the call. */
+struct sock_call {
+	u32 fd;
+	u32 _pad;
+	u64 sk;
+};
+
 
 struct rate_window {
 	u64 start_ns;
@@ -161,8 +188,12 @@ BPF_HASH(targets, u32, u8, MAX_TARGETS);
 BPF_HASH(target_comms, struct comm_key, u8, 64);
 /* Syscall arguments saved at sys_enter, by thread id. */
 BPF_HASH(active_io, u64, struct io_args, MAX_THREADS_IN_IO);
-/* connect()'s fd saved at sys_enter, by thread id. */
-BPF_HASH(active_sock_call, u64, u32, 16384);
+/* connect() in flight, by thread id (struct sock_call). */
+BPF_HASH(active_sock_call, u64, struct sock_call, 16384);
+/* otelbpf's own connections (its OTLP export), keyed as their server end sees them. A collector
+ * on this host that is traced must not trace what otelbpf sends it, or every export batch would
+ * make a span for the next one. Entries go when either end closes. */
+BPF_TABLE("lru_hash", struct conn_tuple, u8, own_conns, MAX_OWN_CONNS);
 /* Per-connection HTTP state, by conn_key. LRU: idle connections fall out first. */
 BPF_TABLE("lru_hash", struct conn_key, struct conn_state, conns, MAX_CONNECTIONS);
 /* Zero-filled template for new connections: the state is too large for the BPF stack. */
@@ -196,15 +227,24 @@ static __always_inline void count(u32 idx)
 		*v += 1;
 }
 
-static __always_inline int traced(u32 tgid)
+enum selection { UNTRACED = 0, TRACED = 1, SELF = 2 };
+
+static __always_inline int selection(u32 tgid)
 {
 	u32 zero = 0;
 	struct config *cfg = config_map.lookup(&zero);
-	if (!cfg || tgid == cfg->self_tgid)
-		return 0;
+	if (!cfg)
+		return UNTRACED;
+	if (tgid == cfg->self_tgid)
+		return SELF;
 	if (cfg->trace_all)
-		return 1;
-	return targets.lookup(&tgid) != NULL;
+		return TRACED;
+	return targets.lookup(&tgid) ? TRACED : UNTRACED;
+}
+
+static __always_inline int traced(u32 tgid)
+{
+	return selection(tgid) == TRACED;
 }
 
 /* ---- process selection ---- */
@@ -272,6 +312,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	 * its entries would hold a slot in the per-thread tables for the rest of the run. */
 	u64 id = bpf_get_current_pid_tgid();
 	active_io.delete(&id);
+	active_sock_call.delete(&id);
 	tls_calls.delete(&id);
 	thread_tls_sock.delete(&id);
 	thread_server.delete(&id);
@@ -457,9 +498,8 @@ static __always_inline int tail_ends_chunked(u64 tail)
 	return (tail >> 24) == 0x0a0d0a0d30ULL;
 }
 
-static __always_inline void read_addresses(struct conn_state *st, u64 sk)
+static __always_inline void read_sock_addr(struct otelbpf_conn_addr *a, u64 sk)
 {
-	struct otelbpf_conn_addr *a = &st->ev.conn;
 	u16 family = 0, dport = 0, num = 0;
 	bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + OFF_SKC_FAMILY));
 	bpf_probe_read_kernel(&dport, sizeof(dport), (void *)(sk + OFF_SKC_DPORT));
@@ -474,7 +514,59 @@ static __always_inline void read_addresses(struct conn_state *st, u64 sk)
 	a->family = family;
 	a->local_port = num;
 	a->peer_port = ntohs(dport);
+}
+
+static __always_inline void read_addresses(struct conn_state *st, u64 sk)
+{
+	read_sock_addr(&st->ev.conn, sk);
 	st->addr_known = 1;
+}
+
+static __always_inline void ipv6_form(u8 *dst, const u8 *src, u16 family)
+{
+	if (family == AF_INET6) {
+		__builtin_memcpy(dst, src, 16);
+	} else {
+		__builtin_memset(dst, 0, 10);
+		dst[10] = 0xff;
+		dst[11] = 0xff;
+		__builtin_memcpy(dst + 12, src, 4);
+	}
+}
+
+/* The tuple of a connection as seen from its server end: from a server's own addresses, or
+ * (mirror) from its client's. */
+static __always_inline void server_view(struct conn_tuple *t, struct otelbpf_conn_addr *a, int mirror)
+{
+	ipv6_form(t->local_addr, mirror ? a->peer_addr : a->local_addr, a->family);
+	ipv6_form(t->peer_addr, mirror ? a->local_addr : a->peer_addr, a->family);
+	t->local_port = mirror ? a->peer_port : a->local_port;
+	t->peer_port = mirror ? a->local_port : a->peer_port;
+	t->_pad = 0;
+}
+
+/* otelbpf connected a socket: remember it before it can send a byte, so no server sees its
+ * data first. */
+static __always_inline void remember_own_conn(u64 sk)
+{
+	struct otelbpf_conn_addr a = {};
+	read_sock_addr(&a, sk);
+	if (a.family != AF_INET && a.family != AF_INET6)
+		return;
+	struct conn_tuple t = {};
+	server_view(&t, &a, 1);
+	u8 one = 1;
+	own_conns.update(&t, &one);
+}
+
+static __always_inline int is_own_conn(struct otelbpf_conn_addr *a)
+{
+	u32 zero = 0;
+	struct scratch *s = scratch_map.lookup(&zero);
+	if (!s)
+		return 0;
+	server_view(&s->tuple, a, 0);
+	return own_conns.lookup(&s->tuple) != NULL;
 }
 
 /* Decide at a request's start whether it is traced, so a shed request costs no parsing at all. */
@@ -1003,8 +1095,15 @@ static __always_inline int conn_data(struct conn_key *key, struct io_args *io, u
 		}
 		st->proto = PROTO_HTTP;
 	}
-	if (!st->addr_known && io->sk)
+	if (!st->addr_known && io->sk) {
 		read_addresses(st, io->sk);
+		if (st->role == OTELBPF_ROLE_SERVER && is_own_conn(&st->ev.conn)) {
+			/* The server end of otelbpf's own export: ignored for the connection's life. */
+			st->proto = PROTO_OTHER;
+			count(OTELBPF_STAT_OWN_CONNS);
+			return 0;
+		}
+	}
 
 	u8 req_dir = st->role == OTELBPF_ROLE_SERVER ? DIR_IN : DIR_OUT;
 	if (io->dir == req_dir) {
@@ -1127,23 +1226,31 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
 static __always_inline int save_sock_call(u32 fd)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	if (!traced(id >> 32))
+	/* otelbpf's own connects are followed too, only to learn their addresses (own_conns). */
+	if (selection(id >> 32) == UNTRACED)
 		return 0;
-	active_sock_call.update(&id, &fd);
+	struct sock_call call = {.fd = fd};
+	active_sock_call.update(&id, &call);
 	return 0;
 }
 
 static __always_inline int connected(long ret)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	u32 *fdp = active_sock_call.lookup(&id);
-	if (!fdp)
+	struct sock_call *callp = active_sock_call.lookup(&id);
+	if (!callp)
 		return 0;
-	u32 fd = *fdp;
+	struct sock_call call = *callp;
 	active_sock_call.delete(&id);
-	/* A non-blocking connect returns -EINPROGRESS and completes later. */
+	/* A non-blocking connect returns -EINPROGRESS and completes later; its ports are chosen. */
 	if (ret != 0 && ret != -115)
 		return 0;
+	if (selection(id >> 32) == SELF) {
+		if (call.sk)
+			remember_own_conn(call.sk);
+		return 0;
+	}
+	u32 fd = call.fd;
 	struct conn_key key = {.tgid = id >> 32, .fd = fd};
 	struct conn_state *old = conns.lookup(&key);
 	if (old)
@@ -1185,6 +1292,36 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
 	return connected(args->ret);
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	if (args->protocol != IPPROTO_TCP)
+		return 0;
+	if (args->newstate == TCP_STATE_SYN_SENT) {
+		/* Inside connect(): the socket being connected (its source port is not chosen yet). */
+		u64 id = bpf_get_current_pid_tgid();
+		struct sock_call *call = active_sock_call.lookup(&id);
+		if (call)
+			call->sk = (u64)args->skaddr;
+		return 0;
+	}
+	if (args->newstate != TCP_STATE_CLOSE)
+		return 0;
+	/* Either end of an own connection closing forgets it, so a later connection that reuses the
+	 * tuple is traced. Addresses here are already in IPv6 form. */
+	struct conn_tuple t = {};
+	__builtin_memcpy(t.local_addr, args->saddr_v6, 16);
+	__builtin_memcpy(t.peer_addr, args->daddr_v6, 16);
+	t.local_port = args->sport;
+	t.peer_port = args->dport;
+	own_conns.delete(&t); /* the server end */
+	__builtin_memcpy(t.local_addr, args->daddr_v6, 16);
+	__builtin_memcpy(t.peer_addr, args->saddr_v6, 16);
+	t.local_port = args->dport;
+	t.peer_port = args->sport;
+	own_conns.delete(&t); /* otelbpf's end */
+	return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)

@@ -225,6 +225,7 @@ class Collector:
             "TLS sessions tied to the thread's last TLS socket (memory BIO)": kernel.get("tls_guessed", 0),
             "TLS socket guesses corrected": kernel.get("tls_rebound", 0),
             "TLS calls untracked (in-flight table full)": kernel.get("tls_table_full", 0),
+            "connections from otelbpf's own export (not traced)": kernel.get("own_conns", 0),
             **self._link_notes(),
             **(extra_notes or {}),
         }

@@ -44,6 +44,7 @@ STAT_NAMES: dict[int, str] = {
     11: "tls_table_full",
     12: "tls_guessed",
     13: "tls_rebound",
+    14: "own_conns",
 }
 
 # enum otelbpf_tls_library -> the library's name in span attributes.

@@ -110,6 +110,7 @@ enum otelbpf_stat {
 	OTELBPF_STAT_TLS_TABLE_FULL = 11, /* a TLS call went untracked: too many threads mid-call */
 	OTELBPF_STAT_TLS_GUESSED = 12, /* TLS sessions tied to the thread's last TLS socket (memory BIO) */
 	OTELBPF_STAT_TLS_REBOUND = 13, /* such guesses corrected by a socket seen inside a later call */
+	OTELBPF_STAT_OWN_CONNS = 14, /* server ends of otelbpf's own export connections, not traced */
 	OTELBPF_STAT_MAX = 16,
 };
 
