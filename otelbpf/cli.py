@@ -119,6 +119,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         metavar="PORT",
         help="trace processes listening on this TCP port (repeatable)",
     )
+    sel.add_argument(
+        "--port-scan-interval",
+        type=float,
+        default=_env_number(env, "OTELBPF_PORT_SCAN_INTERVAL", 5.0),
+        metavar="SECONDS",
+        help="how often listeners on --port are looked up again, so servers started later join; 0: only at "
+        "start (env OTELBPF_PORT_SCAN_INTERVAL; default 5)",
+    )
     out = run.add_argument_group("export (no endpoint: traces are printed in the terminal)")
     out.add_argument(
         "--otlp-endpoint",

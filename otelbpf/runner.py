@@ -135,6 +135,40 @@ def _start_tls(
     return watcher
 
 
+def check_scan_intervals(args: argparse.Namespace) -> None:
+    """Refuse negative rescan intervals, naming the flag (0 means: only at start)."""
+    for flag, value in (
+        ("--tls-scan-interval", args.tls_scan_interval),
+        ("--port-scan-interval", args.port_scan_interval),
+    ):
+        if value < 0:
+            raise RunError(f"{flag} must be 0 (scan only at start) or more, got {value:g}")
+
+
+def _port_rescan(probes: KernelProbes, ports: list[int], known: set[int]) -> Callable[[], None]:
+    """A periodic job: trace processes that started listening on ``ports`` since the last look."""
+    known = set(known)
+
+    def rescan() -> None:
+        # The kernel already follows fork and exec of traced processes; only new listeners need finding.
+        fresh = resolve(TargetSpec(ports=ports)) - known
+        if not fresh:
+            return
+        probes.add_targets(fresh)
+        known.update(fresh)
+        for pid in sorted(fresh):
+            logger.info("now tracing pid %d (%s): it listens on a selected port", pid, _comm(pid))
+
+    return rescan
+
+
+def _comm(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "exited"
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run until stopped; return the exit code."""
     lower_priority(args.nice, args.sched_idle)
@@ -160,8 +194,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         linker = _linker(args)
     except ValueError as exc:
         raise RunError(str(exc)) from exc
-    if args.tls_scan_interval < 0:
-        raise RunError(f"--tls-scan-interval must be 0 (scan only at start) or more, got {args.tls_scan_interval}")
+    check_scan_intervals(args)
     if args.ebpf:
         print(program_text())
         print("// cflags: " + " ".join(render_cflags(settings, {})))
@@ -198,15 +231,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         reader = RingBufferReader(probes.ring_fd, probes.ring_size)
         builder = SpanBuilder(ResourceCache(env), ClockMap(), ids=ids, capture_query=args.capture_query)
 
-        def refresh() -> None:
-            builder.clock.maybe_refresh()
-            if spec.ports:
-                # Listeners that appeared since the start join; the kernel adds exec and fork.
-                fresh = resolve(TargetSpec(ports=spec.ports))
-                if fresh:
-                    probes.add_targets(fresh)
-
-        periodic: list[tuple[float, Callable[[], None]]] = [(5.0, refresh)]
+        periodic: list[tuple[float, Callable[[], None]]] = [(5.0, builder.clock.maybe_refresh)]
+        if spec.ports and args.port_scan_interval > 0:
+            periodic.append((args.port_scan_interval, _port_rescan(probes, spec.ports, pids)))
         tls = _start_tls(args, probes, spec.trace_all, user_tls)
         if tls is not None and args.tls_scan_interval > 0:
             periodic.append((args.tls_scan_interval, tls.poll))
