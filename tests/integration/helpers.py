@@ -28,7 +28,8 @@ SERVERS = HERE / "servers"
 CLIENTS = HERE / "clients"
 PYTHON = sys.executable
 NODE = shutil.which("node") or "/usr/bin/node"
-OTELBPF = str(REPO / ".venv" / "bin" / "otelbpf")
+VENV = REPO / ".venv"
+OTELBPF = str(VENV / "bin" / "otelbpf")
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
@@ -232,6 +233,10 @@ class RunResult:
     elapsed_s: float = 0.0
 
 
+# The one line otelbpf prints once its probes are attached; "already" or "ready" in a warning is not it.
+_READY_LINE = re.compile(r"^otelbpf: ready: tracing .+ \(\d+ processes now\); exporting to .+$", re.M)
+
+
 class OtelbpfRun:
     """One ``otelbpf run`` subprocess; stderr/stdout go to files so nothing can block on a pipe."""
 
@@ -262,8 +267,7 @@ class OtelbpfRun:
         """Wait for the "ready" line; fail with otelbpf's stderr if it exits or takes too long."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.stderr()
-            if "ready" in text:
+            if _READY_LINE.search(self.stderr()):
                 return
             if self.proc.poll() is not None:
                 pytest.fail(f"otelbpf {self.args} exited with {self.proc.returncode} before ready:\n{self.stderr()}")
@@ -314,10 +318,40 @@ def assert_summary(res: RunResult, *, requests: int, exported: int) -> None:
 
 
 def settle(receiver: OtlpReceiver, expected: int, timeout: float = 10.0) -> None:
-    """Give the exporter time to deliver ``expected`` spans (or a short settle when none are expected)."""
+    """Wait until ``expected`` spans arrived; the caller stops otelbpf next.
+
+    Nothing more is waited for: stopping drains the kernel and exports every span before otelbpf exits,
+    so a span beyond ``expected`` still reaches the receiver and the exact counts checked after the stop
+    catch it. Waiting for the expected spans is what guarantees the kernel's records were all read.
+    """
     if expected:
         receiver.wait_for(expected, timeout)
-    time.sleep(0.5)
+
+
+def wait_idle(pid: int, timeout: float = 10.0) -> None:
+    """Wait until a server (and its children) holds no TCP connection but its listeners.
+
+    By then it has read each client's close and closed its own end, so every syscall it made on those
+    connections has returned and the kernel has written every record about them to the ring buffer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            procs = [psutil.Process(pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            pytest.fail(f"server pid {pid} exited while the test waited for it to go idle")
+        open_conns = []
+        for proc in procs:
+            try:
+                open_conns += [c for c in proc.net_connections(kind="tcp") if c.status != psutil.CONN_LISTEN]
+            except psutil.NoSuchProcess:
+                pass  # a child that exited holds nothing
+        if not open_conns:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"server pid {pid} still has connections after {timeout}s: {open_conns}")
+        time.sleep(0.01)
 
 
 def run_both_traced(server: Server, client: PausedClient, otelbpf, receiver: OtlpReceiver, expected: int):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.integration.helpers import (
-    OTELBPF,
+    REPO,
     STOP_TIMEOUT_S,
+    VENV,
     assert_summary,
     clean_env,
     curl,
@@ -38,15 +42,48 @@ def test_unknown_pid(otelbpf):
     assert "no process with pid 999999" in line
 
 
-def test_not_root():
+@pytest.fixture(scope="module")
+def readable_otelbpf() -> Iterator[Path]:
+    """The installed ``otelbpf`` entry point, relocated where any user can read it; yields its path.
+
+    The checkout may live where an unprivileged user cannot even look (a clone under /root is mode 0700),
+    and the venv's entry point, its interpreter link and the editable install all name paths inside it.
+    So the venv and the package are copied to a world-readable directory, and the two places that name
+    the checkout (the entry point's shebang and the editable finder's mapping) are pointed at the copies.
+    """
+    top = Path(tempfile.mkdtemp(prefix="otelbpf-unprivileged-"))
+    try:
+        top.chmod(0o755)
+        venv = top / "venv"
+        shutil.copytree(VENV, venv, symlinks=True)
+        shutil.copytree(REPO / "otelbpf", top / "otelbpf", ignore=shutil.ignore_patterns("__pycache__"))
+        entry = venv / "bin" / "otelbpf"
+        entry.write_text(entry.read_text().replace(str(VENV), str(venv), 1))
+        (finder,) = venv.glob("lib/python3*/site-packages/__editable___otelbpf_*_finder.py")
+        finder.write_text(finder.read_text().replace(repr(str(REPO / "otelbpf")), repr(str(top / "otelbpf"))))
+        for path in (top, *top.rglob("*")):  # copies keep the checkout's modes: make sure others may read
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+        yield entry
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_not_root(readable_otelbpf):
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed"
-    cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", OTELBPF, "run"]
+    cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", str(readable_otelbpf), "run"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=clean_env(), cwd="/")
     assert res.returncode == 2, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("otelbpf: error:") and "must run as root" in lines[0]
+    assert lines[0] == (
+        "otelbpf: error: otelbpf must run as root (it loads eBPF programs: CAP_BPF, CAP_PERFMON, "
+        "CAP_SYS_ADMIN); try: sudo otelbpf run ..."
+    )
+    # The same copy runs as root: what failed above was the missing privilege, not the relocation.
+    res = subprocess.run([str(readable_otelbpf), "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("usage: otelbpf run"), res.stderr
 
 
 def test_bad_protocol(otelbpf):

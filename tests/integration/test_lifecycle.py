@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
-from tests.integration.helpers import SERVER, assert_summary, by_pid, curl, settle
+from tests.integration.helpers import (
+    SERVER,
+    assert_summary,
+    by_pid,
+    curl,
+    free_port,
+    settle,
+    wait_for_stderr_line,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +39,11 @@ def test_port_selects_the_listener_only(py_server, server_factory, otelbpf, rece
 
 
 def test_port_picks_up_a_listener_that_starts_later(server_factory, otelbpf, receiver):
-    """A server that starts listening after otelbpf is ready joins within the rescan interval (5 s)."""
-    from tests.integration.helpers import free_port
-
+    """A server that starts listening after otelbpf is ready joins at the next rescan, which says so."""
     port = free_port()
-    run = otelbpf("--port", str(port), receiver=receiver)
+    run = otelbpf("--port", str(port), "--port-scan-interval", "0.2", receiver=receiver)
     late = server_factory("app.py", "--port", str(port))
-    time.sleep(6)  # one rescan of listening sockets
+    wait_for_stderr_line(run, f"now tracing pid {late.pid} (python", "listens on a selected port")
     for i in range(N):
         curl("-s", "-o", "/dev/null", late.url(f"/items/{i}"))
     settle(receiver, N)
@@ -47,10 +53,14 @@ def test_port_picks_up_a_listener_that_starts_later(server_factory, otelbpf, rec
 
 
 def test_sigterm_flushes_and_summarises(py_server, otelbpf, receiver):
-    run = otelbpf("--pid", str(py_server.pid), receiver=receiver, protocol="http/protobuf")
+    """Spans still held (linker, export queue) when SIGTERM arrives are all exported before the exit."""
+    # A ten-minute export delay: nothing can reach the receiver before the signal except by the flush.
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    run = otelbpf("--pid", str(py_server.pid), receiver=receiver, protocol="http/protobuf", env=env)
     for i in range(N):
         curl("-s", "-o", "/dev/null", py_server.url(f"/items/{i}"))
-    time.sleep(0.3)  # finished in the kernel; not necessarily exported yet
+    wait_idle(py_server.pid)  # every record is in the ring buffer now
+    assert receiver.spans() == []
     run.proc.send_signal(signal.SIGTERM)
     res = run.wait()
     assert_summary(res, requests=N, exported=N)

@@ -19,6 +19,7 @@ from tests.integration.helpers import (
     by_pid,
     curl,
     settle,
+    wait_idle,
 )
 from tests.otlp_receiver import ReceivedSpan
 
@@ -107,7 +108,7 @@ def test_no_tls_leaves_https_untraced_and_ciphertext_unparsed(nginx_tls_server, 
         *["-o", "/dev/null"] * N,
         *[nginx_tls_server.url("/static.txt")] * N,
     )
-    settle(receiver, 0)
+    wait_idle(nginx_tls_server.pid)
     res = run.stop()
     assert out.stdout.split() == ["200"] * N
     assert receiver.spans() == []
