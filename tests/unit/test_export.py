@@ -483,7 +483,8 @@ def test_shutdown_deadline_counts_unsent_spans():
     assert stats.dropped["shutdown"] == 10 and stats.exported == 0 and stats.queued == 0
     assert queue.submit([make_span(0)]) == 0 and queue.stats().dropped["shutdown"] == 11
     exporter.release.set()  # the abandoned in-flight export finishing later must not be double counted
-    time.sleep(0.05)
+    queue._thread.join(5.0)  # the worker settles that batch, then sees the abandon and exits
+    assert not queue._thread.is_alive() and exporter.batches == [4]
     assert queue.stats().exported == 0 and queue.stats().dropped["shutdown"] == 11
 
 

@@ -129,16 +129,24 @@ class FakeLoad:
 
 
 def test_reads_a_real_busy_process() -> None:
+    """The reading matches psutil's for the same interval, however busy the machine is."""
     import subprocess
     import sys
     import time
 
+    import psutil
+
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
+        proc = psutil.Process(child.pid)
         load = ProcessLoad()
+        t0, c0 = time.monotonic(), sum(proc.cpu_times()[:2])
         load.busiest([child.pid])
-        time.sleep(0.5)
-        assert load.busiest([child.pid]) > 0.5
+        while sum(proc.cpu_times()[:2]) - c0 < 0.3:  # a known amount of work, not a fixed time
+            time.sleep(0.01)
+        got = load.busiest([child.pid])
+        expected = (sum(proc.cpu_times()[:2]) - c0) / (time.monotonic() - t0)
+        assert got > 0 and got == pytest.approx(expected, abs=0.1)
         assert read_process_cpu(2**22 + 7) is None
     finally:
         child.kill()
