@@ -59,43 +59,6 @@ def canonical_method(method: str) -> str:
     return method if method in KNOWN_METHODS else "_OTHER"
 
 
-def parse_request(data: bytes, offset: int = 0) -> HttpRequestHead | None:
-    """Parse the HTTP/1.x request head starting at ``offset``; None if the bytes there are not one."""
-    return _parse(data, offset)[0]
-
-
-def next_request_offset(data: bytes, offset: int) -> int | None:
-    """Return where the pipelined request after the one at ``offset`` starts in the capture, if it does."""
-    head, body_start = _parse(data, offset)
-    # Without the full head or with a chunked body the next request's position is unknowable from here.
-    if head is None or not head.complete or head.chunked:
-        return None
-    # RFC 9112 §6.3: a request with neither Content-Length nor Transfer-Encoding has no body.
-    nxt = body_start + (head.content_length or 0)
-    nxt = _skip_empty_lines(data, nxt)
-    sp = data.find(b" ", nxt, nxt + 8)
-    if sp < 0 or data[nxt:sp] not in _KNOWN_METHODS_B:
-        return None
-    return nxt
-
-
-def parse_status_line(data: bytes) -> tuple[str, int] | None:
-    """Return (version, status code) from an HTTP/1.x status line such as b"HTTP/1.1 200 OK"."""
-    if len(data) < 12 or not data.startswith(b"HTTP/1.") or data[8] != 0x20:
-        return None
-    minor = data[7]
-    if minor not in (0x30, 0x31):
-        return None
-    code = data[9:12]
-    # The code is exactly three digits, then the reason phrase's SP, the line end, or the end of the capture.
-    if not code.isdigit() or (len(data) > 12 and data[12] not in (0x20, 0x0D, 0x0A)):
-        return None
-    status = int(code)
-    if status < 100:
-        return None
-    return ("1.1" if minor == 0x31 else "1.0"), status
-
-
 def _skip_empty_lines(data: bytes, pos: int) -> int:
     end = min(len(data), pos + _MAX_LEADING_EOL)
     while pos < end and data[pos] in (0x0A, 0x0D):
@@ -103,53 +66,50 @@ def _skip_empty_lines(data: bytes, pos: int) -> int:
     return pos
 
 
-def _parse(data: bytes, offset: int) -> tuple[HttpRequestHead | None, int]:
-    """Parse the head at ``offset``; also return where its body starts (-1 if the head is incomplete)."""
+def parse_request(data: bytes, offset: int = 0) -> HttpRequestHead | None:
+    """Parse the HTTP/1.x request head starting at ``offset``; None if the bytes there are not one."""
     n = len(data)
     if offset < 0 or offset >= n:
-        return None, -1
+        return None
     if data[offset] in (0x0A, 0x0D):
         offset = _skip_empty_lines(data, offset)
         if offset >= n:
-            return None, -1
+            return None
     # Cheap rejection of TLS records, binary protocols and lowercase text before any allocation.
     if not 0x41 <= data[offset] <= 0x5A:
-        return None, -1
+        return None
     sp = data.find(b" ", offset, offset + _MAX_METHOD_LEN + 1)
     if sp < 0:
-        return None, -1
+        return None
     method_b = data[offset:sp]
     known = method_b in _KNOWN_METHODS_B
     if not known and method_b.translate(None, _METHOD_CHARS):
-        return None, -1
+        return None
     method = method_b.decode("ascii")
 
     le = data.find(b"\n", sp)
     if le < 0:
-        return _parse_truncated_line(data, sp, method, known), -1
+        return _parse_truncated_line(data, sp, method, known)
 
     end = le - 1 if data[le - 1] == 0x0D else le
     version = _VERSIONS.get(data[end - 9 : end])
     if version is None:
-        return None, -1
+        return None
     target_b = data[sp + 1 : end - 9]
     if not target_b or b" " in target_b:
-        return None, -1
+        return None
 
     # The head ends at the first empty line; accept CRLF CRLF, LF LF and mixed endings. The LF-LF search is
     # bounded by the CRLF hit so a typical CRLF request does not scan its body for it.
     e_crlf = data.find(b"\n\r\n", le)
     e_lf = data.find(b"\n\n", le, e_crlf + 1 if e_crlf >= 0 else n)
     if e_lf >= 0:
-        block_end, body_start = e_lf + 1, e_lf + 2
-    elif e_crlf >= 0:
-        block_end, body_start = e_crlf + 1, e_crlf + 3
-    else:
-        # Truncated inside the headers: use only whole lines, since a cut value (a Content-Length of "1" for
-        # "12", half a traceparent) would be wrong rather than merely missing.
-        block_end, body_start = data.rfind(b"\n", le) + 1, -1
-    head = _build(method, target_b, version, data[le:block_end], complete=body_start >= 0)
-    return head, body_start
+        return _build(method, target_b, version, data[le : e_lf + 1], complete=True)
+    if e_crlf >= 0:
+        return _build(method, target_b, version, data[le : e_crlf + 1], complete=True)
+    # Truncated inside the headers: use only whole lines, since a cut value (a Content-Length of "1" for
+    # "12", half a traceparent) would be wrong rather than merely missing.
+    return _build(method, target_b, version, data[le : data.rfind(b"\n", le) + 1], complete=False)
 
 
 def _parse_truncated_line(data: bytes, sp: int, method: str, known: bool) -> HttpRequestHead | None:
