@@ -21,20 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from otelbpf import events  # noqa: E402
 from otelbpf.correlate import IdGenerator  # noqa: E402
-from otelbpf.events import HttpEvent  # noqa: E402
 from otelbpf.linking import TraceLinker  # noqa: E402
 from otelbpf.spans import Resource, Span, SpanKind  # noqa: E402
+from tests.factories import http_event  # noqa: E402
 
 S, C = events.ROLE_SERVER, events.ROLE_CLIENT
 RES = Resource((("service.name", "bench"),))
 
 
 def one(ids: IdGenerator, pid: int, tid: int, role: int, start: int, end: int, lp: int, pp: int, cause: int = 0):
-    ev = HttpEvent(
-        role=role, flags=0, tls=0, status=200, req_offset=0, pid=pid, tid=tid, start_ns=start, end_ns=end,
-        bytes_in=0, bytes_out=0, sock_id=0, comm="x", family=2, local_addr=b"", peer_addr=b"",
-        local_port=lp, peer_port=pp, req=b"", cause_ns=cause,
-    )  # fmt: skip
+    ev = http_event(
+        role=role, pid=pid, tid=tid, start_ns=start, end_ns=end, local_port=lp, peer_port=pp, cause_ns=cause
+    )
     span = Span(
         trace_id=ids.trace_id(), span_id=ids.span_id(), name="GET /x",
         kind=SpanKind.SERVER if role == S else SpanKind.CLIENT, start_ns=start, end_ns=end, resource=RES,

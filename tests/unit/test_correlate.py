@@ -15,6 +15,7 @@ from otelbpf.correlate import IdGenerator, SpanBuilder, format_address, split_ho
 from otelbpf.events import HttpEvent
 from otelbpf.resources import ResourceCache, detect_language, parse_resource_attributes
 from otelbpf.spans import SpanKind, StatusCode
+from tests.factories import http_event
 
 OFFSET = 1_700_000_000_000_000_000
 
@@ -24,34 +25,9 @@ class FixedClock(ClockMap):
         super().__init__(realtime_ns=lambda: OFFSET + 5, monotonic_ns=lambda: 5)
 
 
-def v4(addr: str) -> bytes:
-    return socket.inet_aton(addr) + b"\x00" * 12
-
-
 def event(req: bytes, role: int = events.ROLE_SERVER, status: int = 200, flags: int = 0, **kw) -> HttpEvent:
-    base = dict(
-        role=role,
-        flags=flags,
-        tls=0,
-        status=status,
-        req_offset=0,
-        pid=os.getpid(),
-        tid=4242,
-        start_ns=1_000,
-        end_ns=5_000,
-        bytes_in=120,
-        bytes_out=900,
-        sock_id=0xFFFF0001,
-        comm="pytest",
-        family=2,
-        local_addr=v4("127.0.0.1"),
-        peer_addr=v4("127.0.0.2"),
-        local_port=8080,
-        peer_port=51000,
-        req=req,
-    )
-    base.update(kw)
-    return HttpEvent(**base)
+    """A request from this process (its resource is real), with the given head bytes."""
+    return http_event(req=req, role=role, status=status, flags=flags, **{"pid": os.getpid(), **kw})
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ from otelbpf.correlate import IdGenerator
 from otelbpf.events import HttpEvent
 from otelbpf.linking import EVENT_LOOP, LINK_SOURCE, PARENT_SOURCE, TraceLinker
 from otelbpf.spans import Resource, Span, SpanKind
+from tests.factories import http_event
 
 FRONT, NODE, BACKEND = 100, 200, 300
 IP = "127.0.0.1"
@@ -31,11 +32,9 @@ def make(
 ) -> tuple[Span, HttpEvent]:
     """One span and the kernel event behind it (ports only: all on 127.0.0.1)."""
     ids = ids or IdGenerator(seed=start * 7 + pid)
-    ev = HttpEvent(
-        role=role, flags=0, tls=0, status=200, req_offset=0, pid=pid, tid=tid, start_ns=start, end_ns=end,
-        bytes_in=0, bytes_out=0, sock_id=0, comm="x", family=2, local_addr=b"", peer_addr=b"",
-        local_port=local, peer_port=peer, req=b"", cause_ns=cause,
-    )  # fmt: skip
+    ev = http_event(
+        role=role, pid=pid, tid=tid, start_ns=start, end_ns=end, local_port=local, peer_port=peer, cause_ns=cause
+    )
     span = Span(
         trace_id=traceparent[0] if traceparent else ids.trace_id(),
         span_id=ids.span_id(),
