@@ -102,7 +102,7 @@ def demo(cert: Path, key: Path) -> int:
         assert tracer.stderr is not None
         for line in tracer.stderr:
             sys.stderr.write(line)
-            if "ready" in line:
+            if line.startswith("otelbpf: ready: "):
                 break
         else:
             return tracer.wait() or 1
