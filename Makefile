@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KREL := $(shell uname -r)
 
-.PHONY: setup demo test unit integration bench bench-https lint clean
+.PHONY: setup demo test unit integration bench bench-https bench-connections lint clean
 
 setup: .setup-stamp
 
@@ -33,6 +33,9 @@ bench: setup
 
 bench-https: setup
 	$(PY) bench/nginx_http.py --tls
+
+bench-connections: setup
+	$(PY) bench/connection_churn.py
 
 lint: setup
 	$(VENV)/bin/ruff check otelbpf tests bench scripts

@@ -35,13 +35,11 @@
 #ifndef WAKEUP_EVERY
 #define WAKEUP_EVERY 64
 #endif
-#if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_NUM) || !defined(OFF_TASK_MM) || !defined(OFF_MM_ARG_START)
+#if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_NUM) || !defined(OFF_TASK_MM) || !defined(OFF_MM_ARG_START) || \
+	!defined(OFF_TASK_FILES) || !defined(OFF_SOCKET_SK)
 #error "kernel struct offsets (OFF_*) must come from BTF: see otelbpf/kernel_offsets.py"
 #endif
 #define WINDOW_NS 100000000ULL
-/* TCP states as sock:inet_sock_set_state reports them (include/net/tcp_states.h, a stable ABI). */
-#define TCP_STATE_SYN_SENT 2
-#define TCP_STATE_CLOSE 7
 /* otelbpf's own connections remembered at once; it opens one or two per exporter. */
 #define MAX_OWN_CONNS 1024
 #define CAP OTELBPF_CAPTURE_BYTES
@@ -166,14 +164,6 @@ struct comm_key {
 	char comm[16];
 };
 
-/* connect() in flight on one thread: its fd, and the socket it connects, seen in
- * sock:inet_sock_set_state (SYN_SENT) inside the call. */
-struct sock_call {
-	u32 fd;
-	u32 _pad;
-	u64 sk;
-};
-
 
 struct rate_window {
 	u64 start_ns;
@@ -188,12 +178,15 @@ BPF_HASH(targets, u32, u8, MAX_TARGETS);
 BPF_HASH(target_comms, struct comm_key, u8, 64);
 /* Syscall arguments saved at sys_enter, by thread id. */
 BPF_HASH(active_io, u64, struct io_args, MAX_THREADS_IN_IO);
-/* connect() in flight, by thread id (struct sock_call). */
-BPF_HASH(active_sock_call, u64, struct sock_call, 16384);
+/* connect()'s fd saved at sys_enter, by thread id. */
+BPF_HASH(active_sock_call, u64, u32, 16384);
 /* otelbpf's own connections (its OTLP export), keyed as their server end sees them. A collector
  * on this host that is traced must not trace what otelbpf sends it, or every export batch would
- * make a span for the next one. Entries go when either end closes. */
+ * make a span for the next one. */
 BPF_TABLE("lru_hash", struct conn_tuple, u8, own_conns, MAX_OWN_CONNS);
+/* The same connections by otelbpf's fd, so its close() forgets them: a later connection that
+ * reuses the tuple is traced again. */
+BPF_HASH(own_fds, u32, struct conn_tuple, MAX_OWN_CONNS);
 /* Per-connection HTTP state, by conn_key. LRU: idle connections fall out first. */
 BPF_TABLE("lru_hash", struct conn_key, struct conn_state, conns, MAX_CONNECTIONS);
 /* Zero-filled template for new connections: the state is too large for the BPF stack. */
@@ -245,6 +238,13 @@ static __always_inline int selection(u32 tgid)
 static __always_inline int traced(u32 tgid)
 {
 	return selection(tgid) == TRACED;
+}
+
+static __always_inline int is_self(u32 tgid)
+{
+	u32 zero = 0;
+	struct config *cfg = config_map.lookup(&zero);
+	return cfg && tgid == cfg->self_tgid;
 }
 
 /* ---- process selection ---- */
@@ -545,18 +545,60 @@ static __always_inline void server_view(struct conn_tuple *t, struct otelbpf_con
 	t->_pad = 0;
 }
 
-/* otelbpf connected a socket: remember it before it can send a byte, so no server sees its
- * data first. */
-static __always_inline void remember_own_conn(u64 sk)
+/* The struct sock behind one of the current process's fds (0 if none): task->files->fdt->fd[fd]
+ * ->private_data (the struct socket of a socket fd)->sk, at offsets from the running kernel's BTF. */
+static __always_inline u64 fd_sock(u32 fd)
 {
+	u64 task = (u64)bpf_get_current_task();
+	u64 files = 0, fdt = 0, fds = 0, file = 0, sock = 0, sk = 0;
+	u32 max_fds = 0;
+	if (bpf_probe_read_kernel(&files, sizeof(files), (void *)(task + OFF_TASK_FILES)) || !files)
+		return 0;
+	if (bpf_probe_read_kernel(&fdt, sizeof(fdt), (void *)(files + OFF_FILES_FDT)) || !fdt)
+		return 0;
+	if (bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (void *)(fdt + OFF_FDT_MAX_FDS)) || fd >= max_fds)
+		return 0;
+	if (bpf_probe_read_kernel(&fds, sizeof(fds), (void *)(fdt + OFF_FDT_FD)) || !fds)
+		return 0;
+	if (bpf_probe_read_kernel(&file, sizeof(file), (void *)(fds + (u64)fd * sizeof(u64))) || !file)
+		return 0;
+	if (bpf_probe_read_kernel(&sock, sizeof(sock), (void *)(file + OFF_FILE_PRIVATE_DATA)) || !sock)
+		return 0;
+	if (bpf_probe_read_kernel(&sk, sizeof(sk), (void *)(sock + OFF_SOCKET_SK)))
+		return 0;
+	return sk;
+}
+
+/* otelbpf's connect() on fd returned: remember the connection before otelbpf can send a byte on
+ * it, so that no server reads its data first. Only otelbpf's own connects come here. */
+static __always_inline void remember_own_conn(u32 fd)
+{
+	u64 sk = fd_sock(fd);
+	u16 protocol = 0;
+	if (!sk || bpf_probe_read_kernel(&protocol, sizeof(protocol), (void *)(sk + OFF_SK_PROTOCOL)) ||
+	    protocol != IPPROTO_TCP)
+		return;
 	struct otelbpf_conn_addr a = {};
 	read_sock_addr(&a, sk);
 	if (a.family != AF_INET && a.family != AF_INET6)
 		return;
 	struct conn_tuple t = {};
 	server_view(&t, &a, 1);
+	struct conn_tuple *old = own_fds.lookup(&fd);
+	if (old)
+		own_conns.delete(old); /* the fd's last connection, its close unseen */
+	own_fds.update(&fd, &t);
 	u8 one = 1;
 	own_conns.update(&t, &one);
+}
+
+static __always_inline void forget_own_conn(u32 fd)
+{
+	struct conn_tuple *t = own_fds.lookup(&fd);
+	if (!t)
+		return;
+	own_conns.delete(t);
+	own_fds.delete(&fd);
 }
 
 static __always_inline int is_own_conn(struct otelbpf_conn_addr *a)
@@ -1229,28 +1271,25 @@ static __always_inline int save_sock_call(u32 fd)
 	/* otelbpf's own connects are followed too, only to learn their addresses (own_conns). */
 	if (selection(id >> 32) == UNTRACED)
 		return 0;
-	struct sock_call call = {.fd = fd};
-	active_sock_call.update(&id, &call);
+	active_sock_call.update(&id, &fd);
 	return 0;
 }
 
 static __always_inline int connected(long ret)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	struct sock_call *callp = active_sock_call.lookup(&id);
-	if (!callp)
+	u32 *fdp = active_sock_call.lookup(&id);
+	if (!fdp)
 		return 0;
-	struct sock_call call = *callp;
+	u32 fd = *fdp;
 	active_sock_call.delete(&id);
 	/* A non-blocking connect returns -EINPROGRESS and completes later; its ports are chosen. */
 	if (ret != 0 && ret != -115)
 		return 0;
-	if (selection(id >> 32) == SELF) {
-		if (call.sk)
-			remember_own_conn(call.sk);
+	if (is_self(id >> 32)) {
+		remember_own_conn(fd);
 		return 0;
 	}
-	u32 fd = call.fd;
 	struct conn_key key = {.tgid = id >> 32, .fd = fd};
 	struct conn_state *old = conns.lookup(&key);
 	if (old)
@@ -1294,43 +1333,17 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	return connected(args->ret);
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
-{
-	if (args->protocol != IPPROTO_TCP)
-		return 0;
-	if (args->newstate == TCP_STATE_SYN_SENT) {
-		/* Inside connect(): the socket being connected (its source port is not chosen yet). */
-		u64 id = bpf_get_current_pid_tgid();
-		struct sock_call *call = active_sock_call.lookup(&id);
-		if (call)
-			call->sk = (u64)args->skaddr;
-		return 0;
-	}
-	if (args->newstate != TCP_STATE_CLOSE)
-		return 0;
-	/* Either end of an own connection closing forgets it, so a later connection that reuses the
-	 * tuple is traced. Addresses here are already in IPv6 form. */
-	struct conn_tuple t = {};
-	__builtin_memcpy(t.local_addr, args->saddr_v6, 16);
-	__builtin_memcpy(t.peer_addr, args->daddr_v6, 16);
-	t.local_port = args->sport;
-	t.peer_port = args->dport;
-	own_conns.delete(&t); /* the server end */
-	__builtin_memcpy(t.local_addr, args->daddr_v6, 16);
-	__builtin_memcpy(t.peer_addr, args->saddr_v6, 16);
-	t.local_port = args->dport;
-	t.peer_port = args->sport;
-	own_conns.delete(&t); /* otelbpf's end */
-	return 0;
-}
-
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	struct conn_key key = {.tgid = id >> 32, .fd = args->fd};
 	struct conn_state *st = conns.lookup(&key);
-	if (!st)
+	if (!st) {
+		/* otelbpf itself is never in conns; its own connections are kept apart. */
+		if (is_self(key.tgid))
+			forget_own_conn(key.fd);
 		return 0;
+	}
 	u64 now = bpf_ktime_get_ns();
 	if (st->tls_conn) {
 		/* The TLS session on this socket ends with it: finish what its plaintext had in flight. */

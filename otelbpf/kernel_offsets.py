@@ -52,13 +52,25 @@ PROCESS_FIELDS: dict[str, tuple[str, str, int]] = {
     "OFF_MM_ARG_END": ("mm_struct", "arg_end", 8),
 }
 
+# Macro name -> (struct, member, byte size read): from a file descriptor to its socket's struct sock
+# (task->files->fdt->fd[fd]->private_data->sk), walked only for otelbpf's own connect() calls.
+FILE_FIELDS: dict[str, tuple[str, str, int]] = {
+    "OFF_TASK_FILES": ("task_struct", "files", 8),
+    "OFF_FILES_FDT": ("files_struct", "fdt", 8),
+    "OFF_FDT_MAX_FDS": ("fdtable", "max_fds", 4),
+    "OFF_FDT_FD": ("fdtable", "fd", 8),
+    "OFF_FILE_PRIVATE_DATA": ("file", "private_data", 8),
+    "OFF_SOCKET_SK": ("socket", "sk", 8),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
+}
 
-def process_offsets(btf: Btf | None = None) -> dict[str, int]:
-    """Byte offsets of task_struct.mm and mm_struct.arg_start/arg_end, by macro name."""
+
+def struct_offsets(fields: dict[str, tuple[str, str, int]], btf: Btf | None = None) -> dict[str, int]:
+    """Byte offsets of the given struct members, by macro name; their sizes must be what the C reads."""
     if btf is None:
         btf = Btf.load(DEFAULT_VMLINUX_BTF)
     offsets: dict[str, int] = {}
-    for macro, (struct_name, member, size) in PROCESS_FIELDS.items():
+    for macro, (struct_name, member, size) in fields.items():
         actual = btf.member_size(struct_name, member)
         if actual != size:
             raise BtfError(f"struct {struct_name}.{member} is {actual} bytes, otelbpf expects {size}")
@@ -66,8 +78,13 @@ def process_offsets(btf: Btf | None = None) -> dict[str, int]:
     return offsets
 
 
+def process_offsets(btf: Btf | None = None) -> dict[str, int]:
+    """Byte offsets of task_struct.mm and mm_struct.arg_start/arg_end, by macro name."""
+    return struct_offsets(PROCESS_FIELDS, btf)
+
+
 def all_offsets(btf: Btf | None = None) -> dict[str, int]:
     """Every offset the BPF programs need, loading the kernel's BTF once."""
     if btf is None:
         btf = Btf.load(DEFAULT_VMLINUX_BTF)
-    return {**socket_offsets(btf), **process_offsets(btf)}
+    return {**socket_offsets(btf), **struct_offsets(PROCESS_FIELDS, btf), **struct_offsets(FILE_FIELDS, btf)}

@@ -49,7 +49,6 @@ TRACEPOINTS: list[str] = [
     "syscalls:sys_enter_close",
     "sock:sock_recv_length",
     "sock:sock_send_length",
-    "sock:inet_sock_set_state",
     "sched:sched_process_exec",
     "sched:sched_process_fork",
     "sched:sched_process_exit",

@@ -12,7 +12,7 @@ import pytest
 
 from otelbpf import btf as B
 from otelbpf.btf import Btf, BtfError
-from otelbpf.kernel_offsets import SOCKET_FIELDS, as_cflags, socket_offsets
+from otelbpf.kernel_offsets import FILE_FIELDS, PROCESS_FIELDS, SOCKET_FIELDS, all_offsets, as_cflags, socket_offsets
 
 VMLINUX = Path(B.DEFAULT_VMLINUX_BTF)
 
@@ -36,9 +36,7 @@ class BtfBuilder:
         self.strs += name.encode() + b"\0"
         return off
 
-    def add(
-        self, name: str, kind: int, vlen: int, size_or_type: int, tail: bytes = b"", kflag: int = 0
-    ) -> int:
+    def add(self, name: str, kind: int, vlen: int, size_or_type: int, tail: bytes = b"", kflag: int = 0) -> int:
         info = (kflag << 31) | (kind << 24) | vlen
         self.types += struct.pack(self.e + "III", self.s(name), info, size_or_type) + tail
         self.next_id += 1
@@ -213,7 +211,11 @@ REAL_MEMBERS = [
     ("file", "f_inode"),
     ("files_struct", "fdt"),
     ("fdtable", "fd"),
+    ("fdtable", "max_fds"),
     ("socket", "sk"),
+    ("task_struct", "mm"),
+    ("mm_struct", "arg_start"),
+    ("mm_struct", "arg_end"),
     ("sock", "__sk_common"),
     ("sock", "__sk_common.skc_daddr"),
     ("sock", "__sk_common.skc_rcv_saddr"),
@@ -263,8 +265,7 @@ def gcc_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
             f"(unsigned long)__builtin_offsetof(struct {struct_name}, {path}));"
         )
         lines.append(
-            f'printf("size {struct_name} {path} %lu\\n", '
-            f"(unsigned long)sizeof(((struct {struct_name} *)0)->{path}));"
+            f'printf("size {struct_name} {path} %lu\\n", (unsigned long)sizeof(((struct {struct_name} *)0)->{path}));'
         )
     for struct_name in REAL_STRUCTS:
         lines.append(f'printf("struct {struct_name} - %lu\\n", (unsigned long)sizeof(struct {struct_name}));')
@@ -278,9 +279,7 @@ def gcc_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     exe = d / "layout"
     # The dump's clang-only "#pragma clang attribute" is fenced by this macro; -w drops gcc's warnings
     # about other clang-isms in a 3 MB generated header.
-    subprocess.run(
-        ["gcc", "-DBPF_NO_PRESERVE_ACCESS_INDEX", "-w", "-o", str(exe), str(src)], check=True, cwd=d
-    )
+    subprocess.run(["gcc", "-DBPF_NO_PRESERVE_ACCESS_INDEX", "-w", "-o", str(exe), str(src)], check=True, cwd=d)
     result = subprocess.run([str(exe)], check=True, capture_output=True, text=True)
     layout = {}
     for line in result.stdout.splitlines():
@@ -290,9 +289,7 @@ def gcc_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(("struct_name", "path"), REAL_MEMBERS)
-def test_real_member_matches_gcc(
-    real_btf: Btf, gcc_layout: dict[str, int], struct_name: str, path: str
-) -> None:
+def test_real_member_matches_gcc(real_btf: Btf, gcc_layout: dict[str, int], struct_name: str, path: str) -> None:
     assert real_btf.member_offset(struct_name, path) == gcc_layout[f"off {struct_name} {path}"]
     assert real_btf.member_size(struct_name, path) == gcc_layout[f"size {struct_name} {path}"]
 
@@ -325,3 +322,13 @@ def test_real_socket_offsets(real_btf: Btf, gcc_layout: dict[str, int]) -> None:
     for macro, (path, _size) in SOCKET_FIELDS.items():
         assert offsets[macro] == gcc_layout[f"off sock {path}"], macro
     assert as_cflags(offsets)[0] == f"-DOFF_SKC_DADDR={offsets['OFF_SKC_DADDR']}"
+
+
+def test_real_struct_offsets(real_btf: Btf, gcc_layout: dict[str, int]) -> None:
+    """Every offset passed to the BPF code besides the socket ones, against gcc's layout of the same BTF."""
+    offsets = all_offsets(real_btf)
+    fields = {**PROCESS_FIELDS, **FILE_FIELDS}
+    assert list(offsets) == [*SOCKET_FIELDS, *fields]
+    for macro, (struct_name, member, _size) in fields.items():
+        assert (struct_name, member) in REAL_MEMBERS, macro
+        assert offsets[macro] == gcc_layout[f"off {struct_name} {member}"], macro
