@@ -3,14 +3,14 @@
 Run as root:  .venv/bin/python bench/connection_churn.py      (or: make bench-connections)
 
 bench/nginx_http.py drives keep-alive connections, so it never pays for what happens once per
-connection: connect, accept, close and every TCP state change (sock:inet_sock_set_state runs for
-every TCP socket on the machine, traced or not). Here ab requests nginx's static file without
+connection: connect, accept and close, whose syscall hooks run for every process on the machine,
+traced or not. Here ab requests nginx's static file without
 keep-alive, so each request is one connection. One run measures, side by side:
   * untraced and traced windows alternating (B T B T B): throughput at saturation, and the ratio;
   * in the traced windows (kernel.bpf_stats_enabled), the run time of each of otelbpf's BPF programs
     per connection, and how often each ran;
   * a window with otelbpf tracing only an idle process: what every other process on the machine pays
-    for the probes being there (the TCP state hook and the syscall hooks' early exits).
+    for the probes being there (the syscall hooks' early exits).
 It prints a markdown table, appended to docs/benchmarks.md unless --no-doc.
 """
 
@@ -28,8 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nginx_http as nb  # noqa: E402  (the nginx, otelbpf and bpf_stats helpers)
-
-STATE_HOOK = "inet_sock_set_state"
 
 
 @dataclass
@@ -168,12 +166,6 @@ def report(
         lines.append(f"| {name} | {ns:,.0f} | {runs:.2f} | {by_name.get(name, 0):,.0f} |")
     total = sum(ns for _, ns, _ in last)
     lines.append(f"| **all** | **{total:,.0f}** | | **{sum(by_name.values()):,.0f}** |")
-    state = next(((ns, runs) for name, ns, runs in last if STATE_HOOK in name), None)
-    if state:
-        lines += [
-            "",
-            f"`{STATE_HOOK}` ran {state[1]:.1f} times per connection at {state[0] / state[1]:,.0f} ns a run.",
-        ]
     return "\n".join(lines) + "\n"
 
 
