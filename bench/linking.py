@@ -23,16 +23,18 @@ from otelbpf import events  # noqa: E402
 from otelbpf.correlate import IdGenerator  # noqa: E402
 from otelbpf.linking import TraceLinker  # noqa: E402
 from otelbpf.spans import Resource, Span, SpanKind  # noqa: E402
-from tests.factories import http_event  # noqa: E402
+from tests.factories import http_event, v4  # noqa: E402
 
 S, C = events.ROLE_SERVER, events.ROLE_CLIENT
 RES = Resource((("service.name", "bench"),))
+LOOPBACK = v4("127.0.0.1")
 
 
 def one(ids: IdGenerator, pid: int, tid: int, role: int, start: int, end: int, lp: int, pp: int, cause: int = 0):
     ev = http_event(
-        role=role, pid=pid, tid=tid, start_ns=start, end_ns=end, local_port=lp, peer_port=pp, cause_ns=cause
-    )
+        role=role, pid=pid, tid=tid, start_ns=start, end_ns=end, local_addr=LOOPBACK, peer_addr=LOOPBACK,
+        local_port=lp, peer_port=pp, cause_ns=cause,
+    )  # fmt: skip
     span = Span(
         trace_id=ids.trace_id(), span_id=ids.span_id(), name="GET /x",
         kind=SpanKind.SERVER if role == S else SpanKind.CLIENT, start_ns=start, end_ns=end, resource=RES,

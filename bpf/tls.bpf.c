@@ -2,8 +2,8 @@
  * forms, shared libssl or linked statically as in node) and GnuTLS (gnutls_record_recv/send).
  *
  * The entry probe saves the buffer (the return probe no longer has the arguments); the return
- * probe hands the plaintext to conn_data, the state machine plain sockets use, keyed by the TLS
- * session. Each library file is attached once for every process (uprobes are per inode), so the
+ * probe hands the plaintext to the dispatcher plain sockets use (sockets.bpf.c), keyed by the TLS
+ * session, through tls_progs: the uprobe-type copy of the tail-call table. Each library file is attached once for every process (uprobes are per inode), so the
  * target filter runs here first.
  *
  * Which socket a session rides on:
@@ -14,12 +14,8 @@
  *    inside a later call replaces such a guess. A socket-BIO process never guesses: a call served
  *    from OpenSSL's buffer (no syscall) would otherwise take whatever socket its event loop
  *    touched last, and the socket arrives with the next call that does I/O.
- * The ciphertext on that socket is never parsed: its first record marks it PROTO_TLS.
+ * The ciphertext on that socket is never parsed: its first record marks it CONN_TLS.
  */
-
-/* 0: tls_process, 1: tls_check_pipeline. Tail calls only reach programs of their own type, so
- * the uprobe side has its own copies, each verified once. */
-BPF_PROG_ARRAY(tls_progs, 2);
 
 static __always_inline int tls_enter(struct pt_regs *ctx, u8 dir, u8 lib, u64 len_out)
 {
@@ -119,7 +115,7 @@ int tls_return(struct pt_regs *ctx)
 		count(OTELBPF_STAT_IO_TABLE_FULL);
 		return 0;
 	}
-	tls_progs.call(ctx, 0);
+	tls_progs.call(ctx, TAIL_PROCESS_IO);
 	/* Only reached if the tail call failed. */
 	active_io.delete(&id);
 	return 0;
@@ -131,12 +127,12 @@ static __always_inline void tls_bind(struct conn_key *key, struct io_args *io, u
 	struct conn_state *st = conns.lookup(key);
 	if (!io->sk) {
 		/* Calls that move no plaintext (want-read during a handshake) need no socket. */
-		if (io->ret > 0 && (!st || !st->ev.sock_id))
+		if (io->ret > 0 && (!st || !st->ev.h.sock_id))
 			count(OTELBPF_STAT_TLS_UNBOUND);
 		return;
 	}
-	if (st && st->ev.sock_id) {
-		if (st->ev.sock_id == io->sk) {
+	if (st && st->ev.h.sock_id) {
+		if (st->ev.h.sock_id == io->sk) {
 			if (!io->sk_inferred)
 				st->tls_guessed = 0; /* the guess is confirmed */
 			return;
@@ -146,9 +142,9 @@ static __always_inline void tls_bind(struct conn_key *key, struct io_args *io, u
 		if (st->tls_guessed) {
 			/* The guess was wrong: take the socket seen inside this call. */
 			count(OTELBPF_STAT_TLS_REBOUND);
-			st->ev.sock_id = io->sk;
+			st->ev.h.sock_id = io->sk;
 			st->tls_guessed = 0;
-			st->addr_known = 0; /* conn_data reads the right addresses */
+			st->addr_known = 0; /* the dispatcher reads the right addresses */
 		} else {
 			/* The session's address was freed and reused for a new connection: start afresh. */
 			on_conn_end(st, now);
@@ -158,12 +154,12 @@ static __always_inline void tls_bind(struct conn_key *key, struct io_args *io, u
 	/* Link the socket to the session so that the socket's close ends the session's state. */
 	struct conn_key skey = {.tgid = key->tgid, .fd = io->fd};
 	struct conn_state *ss = conns.lookup(&skey);
-	if (ss && ss->ev.sock_id == io->sk)
+	if (ss && ss->ev.h.sock_id == io->sk)
 		ss->tls_conn = key->tls;
 }
 
-/* One TLS read or write (tail-called from tls_return). */
-int tls_process(struct pt_regs *ctx)
+/* One TLS read or write (tail-called from tls_return): the uprobe side's dispatcher slot. */
+int tls_process_io(struct pt_regs *ctx)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	struct io_args io;
@@ -172,14 +168,6 @@ int tls_process(struct pt_regs *ctx)
 	u64 now = bpf_ktime_get_ns();
 	struct conn_key key = {.tgid = id >> 32, .tls = io.tls};
 	tls_bind(&key, &io, now);
-	if (conn_data(&key, &io, id, now))
-		tls_progs.call(ctx, 1);
-	return 0;
-}
-
-/* Tail-called by tls_process (program type: kprobe). */
-int tls_check_pipeline(struct pt_regs *ctx)
-{
-	pipeline_check();
+	tail_call_tls(ctx, dispatch(&key, &io, id, now));
 	return 0;
 }

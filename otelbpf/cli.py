@@ -41,6 +41,12 @@ INT_TUNABLES = [
         "rate tracing backs off to while the CPUs are saturated (see --no-adaptive)",
     ),
     ("--capture-bytes", "OTELBPF_CAPTURE_BYTES", 512, "request head bytes kept per request, a power of two"),
+    (
+        "--response-capture-bytes",
+        "OTELBPF_RESPONSE_CAPTURE_BYTES",
+        256,
+        "response bytes kept per request where a protocol reads them (database replies), a power of two",
+    ),
     ("--ring-buffer-pages", "OTELBPF_RING_BUFFER_PAGES", 1024, "kernel ring buffer size in pages, a power of two"),
     ("--max-connections", "OTELBPF_MAX_CONNECTIONS", 65536, "connections tracked at once in the kernel"),
     (

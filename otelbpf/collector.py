@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from otelbpf.correlate import SpanBuilder
+from otelbpf.correlate import SpanBuilder, UnknownProtocol
 from otelbpf.events import EVENT_PROCESS, DecodeError, decode, decode_process
 from otelbpf.export import BatchQueue
 from otelbpf.linking import TraceLinker
@@ -78,6 +78,7 @@ class Collector:
         builder: SpanBuilder,
         queue: BatchQueue,
         capture_bytes: int,
+        resp_capture_bytes: int = 256,
         poll_interval_s: float = 0.1,
         max_batch: int = 8192,
         periodic: list[tuple[float, Callable[[], None]]] | None = None,
@@ -88,6 +89,7 @@ class Collector:
         self._builder = builder
         self._queue = queue
         self._capture = capture_bytes
+        self._resp_capture = resp_capture_bytes
         self._poll_s = poll_interval_s
         self._max_batch = max_batch
         # (interval, job): clock refresh, target rescans, the load governor.
@@ -115,7 +117,7 @@ class Collector:
                 if raw[0] == EVENT_PROCESS:
                     self._builder.resources.remember_exec(decode_process(raw))
                     continue
-                ev = decode(raw, self._capture)
+                ev = decode(raw, self._capture, self._resp_capture)
             except DecodeError as exc:
                 self.malformed += 1
                 if self.malformed == 1 or self.malformed % 1000 == 0:
@@ -128,6 +130,10 @@ class Collector:
                 else:
                     spans.append(span)
                 pids.append(ev.pid)
+            except UnknownProtocol as exc:
+                self.malformed += 1
+                if self.malformed == 1 or self.malformed % 1000 == 0:
+                    logger.warning("malformed kernel record (%d so far): %s", self.malformed, exc)
             except Exception:  # a bug here must cost one span, not the collector
                 self.build_errors += 1
                 self.malformed += 1

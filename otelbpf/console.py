@@ -44,8 +44,9 @@ _DIM = "\x1b[2m"
 _KIND_COLOR = {SpanKind.SERVER: _CYAN, SpanKind.CLIENT: _MAGENTA}
 
 
-# Marks spans whose plaintext came from a TLS library.
+# Marks spans whose plaintext came from a TLS library (HTTP says it with its scheme).
 _HTTPS = " https"
+_TLS = " tls"
 
 # Tree connectors: (has a later sibling, last child, ancestor has a later sibling); each 3 columns wide.
 _UTF8_CONNECTORS = ("\u251c\u2500 ", "\u2514\u2500 ", "\u2502  ")
@@ -141,8 +142,13 @@ class ConsolePrinter:
             elif isinstance(code, int) and code >= 400:
                 color = _YELLOW
             segments += [(" ", ""), (str(code), color)]
+        db_code = attrs.get("db.response.status_code")
+        if db_code is not None:
+            segments += [(" ", ""), (str(db_code), _RED)]
         if attrs.get("url.scheme") == "https":
             segments.append((_HTTPS, _DIM))
+        elif "otelbpf.tls.library" in attrs:
+            segments.append((_TLS, _DIM))
         markers = []
         source = attrs.get("otelbpf.parent.source")
         if source:

@@ -9,8 +9,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-EVENT_HTTP = 1
+EVENT_REQUEST = 1
 EVENT_PROCESS = 2
+
+# enum otelbpf_protocol: what a connection carries (the kernel's detector decides).
+PROTO_UNKNOWN = 0
+PROTO_HTTP1 = 1
+PROTO_MAX = 8
 
 COMM_LEN = 16
 FILENAME_LEN = 256
@@ -19,14 +24,21 @@ ARGS_LEN = 512
 ROLE_SERVER = 1
 ROLE_CLIENT = 2
 
-FLAG_CONN_CLOSED = 0x01
-FLAG_REQ_TRUNCATED = 0x02
-FLAG_PIPELINED = 0x04
-FLAG_END_INFERRED = 0x08
-FLAG_NO_RESPONSE = 0x10
-FLAG_CLOSE_DELIMITED = 0x20
+# enum otelbpf_end: how a request ended.
+END_COMPLETE = 0
+END_CONN_CLOSED = 1
+END_NO_RESPONSE = 2
+END_INFERRED = 3
+END_CLOSE_DELIMITED = 4
+END_KINDS = frozenset({END_COMPLETE, END_CONN_CLOSED, END_NO_RESPONSE, END_INFERRED, END_CLOSE_DELIMITED})
+
+FLAG_REQ_TRUNCATED = 0x01
+FLAG_PIPELINED = 0x02
+FLAG_ERROR = 0x04
+FLAG_RESP_TRUNCATED = 0x08
 
 DEFAULT_CAPTURE_BYTES = 512
+DEFAULT_RESP_CAPTURE_BYTES = 256
 
 # enum otelbpf_stat -> name used in summaries.
 STAT_NAMES: dict[int, str] = {
@@ -53,30 +65,38 @@ TLS_OPENSSL = 1
 TLS_GNUTLS = 2
 TLS_LIBRARIES: dict[int, str] = {TLS_OPENSSL: "openssl", TLS_GNUTLS: "gnutls"}
 
-# struct otelbpf_http_event up to req[]; "x" bytes are the explicit _pad fields.
-HTTP_HEADER = struct.Struct("<BBBBHHIIIxxxxQQQQQQ16s16s16sHHHxx")
+# struct otelbpf_record_header, then struct otelbpf_payload up to data[]; "x" bytes are _pad fields.
+RECORD_HEADER = struct.Struct("<BBBBBBHIIQQQQQQ16s16s16sHHHxxHHHH")
 
-# name -> (offset, size) for the mirror test; req follows the fixed header.
-HTTP_LAYOUT: dict[str, tuple[int, int]] = {
+# name -> (offset, size) for the mirror test.
+HEADER_LAYOUT: dict[str, tuple[int, int]] = {
     "type": (0, 1),
-    "role": (1, 1),
-    "flags": (2, 1),
+    "protocol": (1, 1),
+    "role": (2, 1),
     "tls": (3, 1),
-    "status": (4, 2),
-    "req_offset": (6, 2),
+    "end": (4, 1),
+    "flags": (5, 1),
+    "status": (6, 2),
     "pid": (8, 4),
     "tid": (12, 4),
-    "req_len": (16, 4),
-    "start_ns": (24, 8),
-    "end_ns": (32, 8),
+    "start_ns": (16, 8),
+    "end_ns": (24, 8),
+    "cause_ns": (32, 8),
     "bytes_in": (40, 8),
     "bytes_out": (48, 8),
     "sock_id": (56, 8),
-    "cause_ns": (64, 8),
-    "comm": (72, 16),
-    "conn": (88, 40),
-    "req": (128, -1),
+    "comm": (64, 16),
+    "conn": (80, 40),
 }
+HEADER_SIZE = 120
+PAYLOAD_LAYOUT: dict[str, tuple[int, int]] = {
+    "req_len": (0, 2),
+    "resp_len": (2, 2),
+    "req_offset": (4, 2),
+    "count": (6, 2),
+    "data": (8, -1),
+}
+REQUEST_LAYOUT: dict[str, tuple[int, int]] = {"h": (0, HEADER_SIZE), "p": (HEADER_SIZE, -1)}
 CONN_LAYOUT: dict[str, tuple[int, int]] = {
     "local_addr": (0, 16),
     "peer_addr": (16, 16),
@@ -100,9 +120,11 @@ PROCESS_LAYOUT: dict[str, tuple[int, int]] = {
 }
 
 
-def http_event_size(capture_bytes: int = DEFAULT_CAPTURE_BYTES) -> int:
-    """sizeof(struct otelbpf_http_event) for a given capture size."""
-    return HTTP_HEADER.size + capture_bytes
+def request_event_size(
+    capture_bytes: int = DEFAULT_CAPTURE_BYTES, resp_capture_bytes: int = DEFAULT_RESP_CAPTURE_BYTES
+) -> int:
+    """sizeof(struct otelbpf_request_event): the longest record, for given capture sizes."""
+    return RECORD_HEADER.size + capture_bytes + resp_capture_bytes
 
 
 class DecodeError(ValueError):
@@ -110,14 +132,15 @@ class DecodeError(ValueError):
 
 
 @dataclass(slots=True)
-class HttpEvent:
-    """One finished HTTP/1.x request as the kernel paired it."""
+class RequestEvent:
+    """One finished request as the kernel paired it: the common header's facts and the protocol's bytes."""
 
+    protocol: int
     role: int
-    flags: int
     tls: int
+    end: int
+    flags: int
     status: int
-    req_offset: int
     pid: int
     tid: int
     start_ns: int
@@ -132,54 +155,73 @@ class HttpEvent:
     local_port: int
     peer_port: int
     req: bytes
+    resp: bytes = b""
+    req_offset: int = 0
+    count: int = 0
     # Client requests: kernel start of the server request this thread was serving (0: none).
     cause_ns: int = 0
 
 
-def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) -> HttpEvent:
-    """Decode one record; raise DecodeError for anything that breaks the contract."""
-    if len(raw) < HTTP_HEADER.size:
-        raise DecodeError(f"record of {len(raw)} bytes is shorter than the {HTTP_HEADER.size}-byte header")
+def decode(
+    raw: bytes | memoryview,
+    capture_bytes: int = DEFAULT_CAPTURE_BYTES,
+    resp_capture_bytes: int = DEFAULT_RESP_CAPTURE_BYTES,
+) -> RequestEvent:
+    """Decode one request record; raise DecodeError for anything that breaks the contract."""
+    if len(raw) < RECORD_HEADER.size:
+        raise DecodeError(f"record of {len(raw)} bytes is shorter than the {RECORD_HEADER.size}-byte header")
     (
         etype,
+        protocol,
         role,
-        flags,
         tls,
+        end,
+        flags,
         status,
-        req_offset,
         pid,
         tid,
-        req_len,
         start_ns,
         end_ns,
+        cause_ns,
         bytes_in,
         bytes_out,
         sock_id,
-        cause_ns,
         comm,
         local_addr,
         peer_addr,
         local_port,
         peer_port,
         family,
-    ) = HTTP_HEADER.unpack_from(raw)
-    if etype != EVENT_HTTP:
+        req_len,
+        resp_len,
+        req_offset,
+        count,
+    ) = RECORD_HEADER.unpack_from(raw)
+    if etype != EVENT_REQUEST:
         raise DecodeError(f"unknown event type {etype}")
+    if not 0 < protocol < PROTO_MAX:
+        raise DecodeError(f"unknown protocol {protocol}")
     if role not in (ROLE_SERVER, ROLE_CLIENT):
         raise DecodeError(f"unknown role {role}")
     if tls != TLS_NONE and tls not in TLS_LIBRARIES:
         raise DecodeError(f"unknown TLS library {tls}")
-    if req_len > capture_bytes or HTTP_HEADER.size + req_len > len(raw):
-        raise DecodeError(f"request capture length {req_len} exceeds the record")
+    if end not in END_KINDS:
+        raise DecodeError(f"unknown end kind {end}")
+    if req_len > capture_bytes or resp_len > resp_capture_bytes:
+        raise DecodeError(f"capture lengths {req_len}/{resp_len} exceed the capture sizes")
+    base = RECORD_HEADER.size
+    if base + req_len + resp_len != len(raw):
+        raise DecodeError(f"record of {len(raw)} bytes does not hold the {req_len}+{resp_len} bytes it declares")
     if end_ns < start_ns:
         raise DecodeError(f"end {end_ns} before start {start_ns}")
-    base = HTTP_HEADER.size
-    return HttpEvent(
+    mid = base + req_len
+    return RequestEvent(
+        protocol=protocol,
         role=role,
-        flags=flags,
         tls=tls,
+        end=end,
+        flags=flags,
         status=status,
-        req_offset=req_offset,
         pid=pid,
         tid=tid,
         start_ns=start_ns,
@@ -193,7 +235,10 @@ def decode(raw: bytes | memoryview, capture_bytes: int = DEFAULT_CAPTURE_BYTES) 
         peer_addr=peer_addr,
         local_port=local_port,
         peer_port=peer_port,
-        req=bytes(raw[base : base + req_len]),
+        req=bytes(raw[base:mid]),
+        resp=bytes(raw[mid : mid + resp_len]),
+        req_offset=req_offset,
+        count=count,
         cause_ns=cause_ns,
     )
 

@@ -3,7 +3,7 @@
 How a parent is found (``otelbpf.parent.source`` on the child says which):
 
 - **thread**: the kernel stamps each client request with the start of the server request its thread
-  was serving when the request began, or when its connection was opened (``HttpEvent.cause_ns``).
+  was serving when the request began, or when its connection was opened (``RequestEvent.cause_ns``).
   Thread-per-request servers make this exact. On an event loop it is the request the loop read
   last, a best guess, marked ``otelbpf.parent.event_loop=true`` when others were in flight too.
 - **connection**: a client span and a server span on the same TCP 4-tuple whose times overlap are
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from otelbpf import events
-from otelbpf.events import HttpEvent
+from otelbpf.events import RequestEvent
 from otelbpf.spans import Span, SpanLink
 
 PARENT_SOURCE = "otelbpf.parent.source"
@@ -51,7 +51,10 @@ PER_KEY = 256
 # and may miss an overlap check).
 REORDER_NS = 1_000_000
 
-ConnKey = tuple[str, int, str, int]  # client address, client port, server address, server port
+# Client address, client port, server address, server port; addresses in 16-byte IPv6 form.
+ConnKey = tuple[bytes, int, bytes, int]
+_AF_INET = 2
+_AF_INET6 = 10
 
 
 @dataclass
@@ -120,15 +123,23 @@ class _Node:
         self.overlap: list[_Node] | None = None  # clients: server requests on the thread in flight at start
 
 
-def _conn_key(span: Span, server: bool) -> ConnKey | None:
-    a = span.attributes
-    local, lport = a.get("network.local.address"), a.get("network.local.port")
-    peer, pport = a.get("network.peer.address"), a.get("network.peer.port")
-    if not (local and peer and lport and pport):
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def _ipv6_form(family: int, raw: bytes) -> bytes:
+    # A dual-stack server sees an IPv4 client as ::ffff:a.b.c.d; the client sees plain IPv4.
+    return raw[:16] if family == _AF_INET6 else _V4_MAPPED + raw[:4]
+
+
+def _conn_key(ev: RequestEvent) -> ConnKey | None:
+    """The connection's 4-tuple, client side first, from the record header's raw addresses."""
+    if ev.family not in (_AF_INET, _AF_INET6) or not ev.local_port or not ev.peer_port:
         return None  # a TLS session whose socket was never seen: no addresses to match
-    if server:
-        return (str(peer), int(pport), str(local), int(lport))
-    return (str(local), int(lport), str(peer), int(pport))
+    local = _ipv6_form(ev.family, ev.local_addr)
+    peer = _ipv6_form(ev.family, ev.peer_addr)
+    if ev.role == events.ROLE_SERVER:
+        return (peer, ev.peer_port, local, ev.local_port)
+    return (local, ev.local_port, peer, ev.peer_port)
 
 
 def _add_overlap(client: _Node, server: _Node) -> None:
@@ -228,11 +239,11 @@ class TraceLinker:
 
     # ---- intake ----
 
-    def add(self, span: Span, ev: HttpEvent, now: float) -> None:
+    def add(self, span: Span, ev: RequestEvent, now: float) -> None:
         """Take one new span (with the kernel facts behind it)."""
         server = ev.role == events.ROLE_SERVER
         node = self._servers.get((ev.pid, ev.start_ns)) if server else None
-        conn = _conn_key(span, server)
+        conn = _conn_key(ev)
         if server and node is None and span.parent_span_id is None and self._uncalled:
             if conn in self._uncalled and (ev.pid, ev.tid) not in self._thread_clients:
                 # Keep-alive from an untraced client (a load balancer, a browser) to a thread that

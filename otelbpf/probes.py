@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otelbpf import events
 from otelbpf.events import STAT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,17 @@ logger = logging.getLogger(__name__)
 _SYSTEM_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 
 
-# The hook families, compiled as one object because they share the connection table: TLS
-# plaintext runs through the socket state machine, and a socket's close ends its TLS session.
-BPF_SOURCES = ("sockets.bpf.c", "tls.bpf.c")
+# Joined in this order and compiled as one object, because they share the connection table: the
+# shared maps and helpers, each protocol's detector and state machine, then the hook families (TLS
+# plaintext runs through the socket side's dispatcher, and a socket's close ends its TLS session).
+BPF_SOURCES = (
+    "include/otelbpf/conn.bpf.h",
+    "include/otelbpf/http1.bpf.h",
+    "sockets.bpf.c",
+    "tls.bpf.c",
+)
+# Where enum tail_call, the tail-call table's one declaration, lives.
+TAIL_CALL_SOURCE = "include/otelbpf/conn.bpf.h"
 
 # Every tracepoint bpf/sockets.bpf.c attaches to, checked before compiling so a kernel that lacks
 # one gets a clear message rather than a bcc traceback.
@@ -122,18 +132,25 @@ class ProbeSettings:
     """Kernel-side tunables, passed to the compiler as -D flags."""
 
     capture_bytes: int = 512
+    resp_capture_bytes: int = 256
     max_connections: int = 65536
     ringbuf_pages: int = 1024
     wakeup_every: int = 64  # records per CPU between consumer wakeups
 
     def cflags(self) -> list[str]:
         """The -D flags for these settings."""
-        if self.capture_bytes < 64 or self.capture_bytes & (self.capture_bytes - 1):
-            raise ValueError(f"capture bytes must be a power of two >= 64, got {self.capture_bytes}")
+        # Up to 32 KiB: record lengths travel as 16-bit counts.
+        if not 64 <= self.capture_bytes <= 32768 or self.capture_bytes & (self.capture_bytes - 1):
+            raise ValueError(f"capture bytes must be a power of two from 64 to 32768, got {self.capture_bytes}")
+        if not 16 <= self.resp_capture_bytes <= 32768 or self.resp_capture_bytes & (self.resp_capture_bytes - 1):
+            raise ValueError(
+                f"response capture bytes must be a power of two from 16 to 32768, got {self.resp_capture_bytes}"
+            )
         if self.ringbuf_pages < 1 or self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise ValueError(f"ring buffer pages must be a power of two, got {self.ringbuf_pages}")
         return [
             f"-DOTELBPF_CAPTURE_BYTES={self.capture_bytes}",
+            f"-DOTELBPF_RESP_CAPTURE_BYTES={self.resp_capture_bytes}",
             f"-DMAX_CONNECTIONS={self.max_connections}",
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DWAKEUP_EVERY={self.wakeup_every}",
@@ -155,6 +172,23 @@ def program_text(source_dir: Path | None = None) -> str:
     return "\n".join(parts)
 
 
+def tail_call_slots(source_dir: Path | None = None) -> list[tuple[int, str]]:
+    """(slot, program name) for each program of the tail-call table, read from its one declaration."""
+    text = ((source_dir or bpf_source_dir()) / TAIL_CALL_SOURCE).read_text()
+    body = re.search(r"enum tail_call\s*\{(.*?)\};", re.sub(r"/\*.*?\*/", "", text, flags=re.S), re.S)
+    if body is None:
+        raise ProbeError(f"enum tail_call not found in {TAIL_CALL_SOURCE}")
+    constants = {name: value for name, value in vars(events).items() if isinstance(value, int)}
+    slots = []
+    for name, expr in re.findall(r"\b(TAIL_\w+)\s*=\s*([^,]+),", body.group(1)):
+        # Slots are numbers or sums of the contract's constants: OTELBPF_PROTO_X maps to events.PROTO_X.
+        terms = [t.strip() for t in expr.split("+")]
+        slot = sum(int(t) if t.isdigit() else constants[t.removeprefix("OTELBPF_")] for t in terms)
+        if name != "TAIL_MAX":
+            slots.append((slot, name.removeprefix("TAIL_").lower()))
+    return slots
+
+
 def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]:
     """All compiler flags: include path, tunables and kernel struct offsets."""
     flags = [f"-I{bpf_source_dir() / 'include'}", *settings.cflags()]
@@ -166,13 +200,6 @@ def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]
 
 class KernelProbes:
     """The kernel programs (bpf/*.bpf.c): tracepoints attach on construction, TLS uprobes on demand."""
-
-    # Prog array -> (program type, programs by index): the hooks tail-call these. A tail call
-    # reaches only programs of its own type, so tracepoints and uprobes each have theirs.
-    TAIL_CALLS = {
-        "progs": ("TRACEPOINT", ("process_io", "check_pipeline")),
-        "tls_progs": ("KPROBE", ("tls_process", "tls_check_pipeline")),
-    }
 
     def __init__(self, settings: ProbeSettings, offsets: dict[str, int]) -> None:
         bcc = import_bcc()
@@ -187,11 +214,14 @@ class KernelProbes:
         try:
             # The sys_exit programs tail-call this one; until it is in place they drop nothing
             # traced, because no process is traced before configure().
-            for array, (prog_type, names) in self.TAIL_CALLS.items():
-                progs = self._bpf[array]
-                for index, name in enumerate(names):
-                    fn = self._bpf.load_func(name.encode(), getattr(bcc.BPF, prog_type))
-                    progs[progs.Key(index)] = progs.Leaf(fn.fd)
+            # A tail call reaches only programs of its own type: the syscall hooks' table holds
+            # tracepoint programs, the uprobes' table their kprobe-type copies (tls_<name>).
+            progs, tls_progs = self._bpf["progs"], self._bpf["tls_progs"]
+            for slot, name in tail_call_slots():
+                fn = self._bpf.load_func(name.encode(), bcc.BPF.TRACEPOINT)
+                progs[progs.Key(slot)] = progs.Leaf(fn.fd)
+                fn = self._bpf.load_func(f"tls_{name}".encode(), bcc.BPF.KPROBE)
+                tls_progs[tls_progs.Key(slot)] = tls_progs.Leaf(fn.fd)
         except Exception as exc:
             raise ProbeError(f"failed to load the tail-called programs: {exc}") from exc
         self._events = self._bpf["events"]

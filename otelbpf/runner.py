@@ -183,6 +183,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     settings = ProbeSettings(
         capture_bytes=args.capture_bytes,
+        resp_capture_bytes=args.response_capture_bytes,
         max_connections=args.max_connections,
         ringbuf_pages=args.ring_buffer_pages,
     )
@@ -257,7 +258,16 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 last["events"] = events_now
 
             periodic.append((1.0, govern))
-        collector = Collector(probes, reader, builder, queue, settings.capture_bytes, periodic=periodic, linker=linker)
+        collector = Collector(
+            probes,
+            reader,
+            builder,
+            queue,
+            settings.capture_bytes,
+            settings.resp_capture_bytes,
+            periodic=periodic,
+            linker=linker,
+        )
         stop = threading.Event()
         install_signal_handlers(stop)
         what = spec.describe()

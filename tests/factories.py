@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from otelbpf import events
-from otelbpf.events import HttpEvent
+from otelbpf.events import RequestEvent
 
 
 def v4(addr: str) -> bytes:
@@ -13,10 +13,12 @@ def v4(addr: str) -> bytes:
     return socket.inet_aton(addr) + b"\x00" * 12
 
 
-def http_event(**fields: object) -> HttpEvent:
+def http_event(**fields: object) -> RequestEvent:
     """A finished HTTP/1.x server request on 127.0.0.1:8080 from 127.0.0.2; ``fields`` override any field."""
     base: dict[str, object] = dict(
+        protocol=events.PROTO_HTTP1,
         role=events.ROLE_SERVER,
+        end=events.END_COMPLETE,
         flags=0,
         tls=0,
         status=200,
@@ -35,10 +37,12 @@ def http_event(**fields: object) -> HttpEvent:
         local_port=8080,
         peer_port=51000,
         req=b"",
+        resp=b"",
+        count=0,
         cause_ns=0,
     )
     unknown = fields.keys() - base.keys()
     if unknown:
-        raise TypeError(f"HttpEvent has no field(s) {sorted(unknown)}")
+        raise TypeError(f"RequestEvent has no field(s) {sorted(unknown)}")
     base.update(fields)
-    return HttpEvent(**base)  # type: ignore[arg-type]
+    return RequestEvent(**base)  # type: ignore[arg-type]

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import string
 
-from otelbpf.protocols.http1 import KNOWN_METHODS
+# The methods OTel semantic conventions treat as known (RFC 9110 plus PATCH from RFC 5789).
+KNOWN_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 
 MAX_ROUTE_LEN = 128
 MAX_SEGMENTS = 16

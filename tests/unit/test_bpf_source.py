@@ -1,4 +1,4 @@
-"""Constants hard-coded in bpf/sockets.bpf.c that user space can recompute."""
+"""Constants in the HTTP/1.x state machine (bpf/include/otelbpf/http1.bpf.h) that user space can recompute."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "sockets.bpf.c"
+SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "include" / "otelbpf" / "http1.bpf.h"
 
 
 def define(name: str) -> int:

@@ -12,7 +12,7 @@ import pytest
 from otelbpf import events
 from otelbpf.clock import ClockMap, measure_offset
 from otelbpf.correlate import IdGenerator, SpanBuilder, format_address, split_host
-from otelbpf.events import HttpEvent
+from otelbpf.events import RequestEvent
 from otelbpf.resources import ResourceCache, detect_language, parse_resource_attributes
 from otelbpf.spans import SpanKind, StatusCode
 from tests.factories import http_event
@@ -25,7 +25,7 @@ class FixedClock(ClockMap):
         super().__init__(realtime_ns=lambda: OFFSET + 5, monotonic_ns=lambda: 5)
 
 
-def event(req: bytes, role: int = events.ROLE_SERVER, status: int = 200, flags: int = 0, **kw) -> HttpEvent:
+def event(req: bytes, role: int = events.ROLE_SERVER, status: int = 200, flags: int = 0, **kw) -> RequestEvent:
     """A request from this process (its resource is real), with the given head bytes."""
     return http_event(req=req, role=role, status=status, flags=flags, **{"pid": os.getpid(), **kw})
 
@@ -100,28 +100,23 @@ def test_client_default_port_omitted_from_url(builder: SpanBuilder) -> None:
 
 
 @pytest.mark.parametrize(
-    ("role", "status", "flags", "expected", "error_type"),
+    ("role", "status", "end", "expected", "error_type"),
     [
-        (events.ROLE_SERVER, 200, 0, StatusCode.UNSET, None),
-        (events.ROLE_SERVER, 404, 0, StatusCode.UNSET, None),
-        (events.ROLE_SERVER, 500, 0, StatusCode.ERROR, "500"),
-        (events.ROLE_CLIENT, 404, 0, StatusCode.ERROR, "404"),
-        (events.ROLE_CLIENT, 302, 0, StatusCode.UNSET, None),
-        (
-            events.ROLE_SERVER,
-            0,
-            events.FLAG_CONN_CLOSED | events.FLAG_NO_RESPONSE,
-            StatusCode.ERROR,
-            "connection_closed",
-        ),
-        (events.ROLE_CLIENT, 200, events.FLAG_CONN_CLOSED, StatusCode.ERROR, "connection_closed"),
-        (events.ROLE_SERVER, 200, events.FLAG_CLOSE_DELIMITED, StatusCode.UNSET, None),
+        (events.ROLE_SERVER, 200, events.END_COMPLETE, StatusCode.UNSET, None),
+        (events.ROLE_SERVER, 404, events.END_COMPLETE, StatusCode.UNSET, None),
+        (events.ROLE_SERVER, 500, events.END_COMPLETE, StatusCode.ERROR, "500"),
+        (events.ROLE_CLIENT, 404, events.END_COMPLETE, StatusCode.ERROR, "404"),
+        (events.ROLE_CLIENT, 302, events.END_COMPLETE, StatusCode.UNSET, None),
+        (events.ROLE_SERVER, 0, events.END_NO_RESPONSE, StatusCode.ERROR, "connection_closed"),
+        (events.ROLE_CLIENT, 200, events.END_CONN_CLOSED, StatusCode.ERROR, "connection_closed"),
+        (events.ROLE_SERVER, 200, events.END_CLOSE_DELIMITED, StatusCode.UNSET, None),
+        (events.ROLE_SERVER, 200, events.END_INFERRED, StatusCode.UNSET, None),
     ],
 )
 def test_status_rules(
-    builder: SpanBuilder, role: int, status: int, flags: int, expected: StatusCode, error_type: str | None
+    builder: SpanBuilder, role: int, status: int, end: int, expected: StatusCode, error_type: str | None
 ) -> None:
-    span = builder.build(event(b"GET /x HTTP/1.1\r\n\r\n", role=role, status=status, flags=flags))
+    span = builder.build(event(b"GET /x HTTP/1.1\r\n\r\n", role=role, status=status, end=end))
     assert span.status is expected
     assert span.attributes.get("error.type") == error_type
     if status == 0:

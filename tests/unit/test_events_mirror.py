@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from otelbpf import events
-from otelbpf.events import HTTP_HEADER, DecodeError, decode, http_event_size
+from otelbpf.events import RECORD_HEADER, DecodeError, decode, request_event_size
 
 INCLUDE_DIR = Path(__file__).resolve().parents[2] / "bpf" / "include"
 HEADER = INCLUDE_DIR / "otelbpf" / "events.h"
@@ -59,8 +59,13 @@ def header_constants() -> list[str]:
 
 # The mirror of each struct: its layout dict and its size in otelbpf/events.py.
 def mirror_of(struct_name: str, capture: int) -> tuple[dict[str, tuple[int, int]], int]:
-    if struct_name == "otelbpf_http_event":
-        return events.HTTP_LAYOUT, http_event_size(capture)
+    data = capture + events.DEFAULT_RESP_CAPTURE_BYTES
+    if struct_name == "otelbpf_record_header":
+        return events.HEADER_LAYOUT, events.HEADER_SIZE
+    if struct_name == "otelbpf_payload":
+        return events.PAYLOAD_LAYOUT, 8 + data
+    if struct_name == "otelbpf_request_event":
+        return events.REQUEST_LAYOUT, request_event_size(capture)
     if struct_name == "otelbpf_conn_addr":
         return events.CONN_LAYOUT, events.CONN_SIZE
     if struct_name == "otelbpf_process_event":
@@ -114,9 +119,10 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
 
 def test_header_is_parsed() -> None:
     structs = header_structs()
-    assert {"otelbpf_http_event", "otelbpf_conn_addr"} <= set(structs)
-    assert structs["otelbpf_http_event"][:3] == ["type", "role", "flags"]
-    assert "OTELBPF_EVENT_HTTP" in header_constants()
+    assert {"otelbpf_record_header", "otelbpf_payload", "otelbpf_request_event", "otelbpf_conn_addr"} <= set(structs)
+    # The event type byte first, then protocol and role: what dispatch reads before anything else.
+    assert structs["otelbpf_record_header"][:3] == ["type", "protocol", "role"]
+    assert "OTELBPF_EVENT_REQUEST" in header_constants()
 
 
 @pytest.mark.parametrize("struct_name", sorted(header_structs()))
@@ -129,9 +135,9 @@ def test_struct_layout(layout: Layout, struct_name: str) -> None:
     for f in public:
         offset, fsize = mirror[f]
         assert layout.offset[f"{struct_name}.{f}"] == offset, f
-        if fsize == -1:  # a flexible-size tail: http req[], OTELBPF_CAPTURE_BYTES long
+        if fsize == -1:  # the tail whose size follows the capture sizes: data[], or the payload holding it
             assert f == fields[-1]
-            assert layout.size[f"{struct_name}.{f}"] == events.DEFAULT_CAPTURE_BYTES
+            assert layout.offset[f"{struct_name}.{f}"] + layout.size[f"{struct_name}.{f}"] == size
         else:
             assert layout.size[f"{struct_name}.{f}"] == fsize, f
 
@@ -176,27 +182,34 @@ def _check_struct_format(fmt: struct.Struct, fields: list[str], struct_name: str
     assert list(fmt.unpack_from(raw)) == expected
 
 
-def test_http_header_format(layout: Layout) -> None:
+def test_record_header_format(layout: Layout) -> None:
+    """RECORD_HEADER unpacks the header (conn flattened in place) and the payload's counts, in C's order."""
     structs = header_structs()
-    conn = layout.offset["otelbpf_http_event.conn"]
-    # Flatten: the nested conn struct's fields take its place, at conn + their own offset.
+    conn = layout.offset["otelbpf_record_header.conn"]
+    payload = layout.offset["otelbpf_request_event.p"]
     flat = Layout([])
     fields = []
-    for f in structs["otelbpf_http_event"]:
-        if f.startswith("_") or f == "req":
+
+    def add(name: str, offset: int, size: int) -> None:
+        flat.offset[f"x.{name}"] = offset
+        flat.size[f"x.{name}"] = size
+        fields.append(name)
+
+    for f in structs["otelbpf_record_header"]:
+        if f.startswith("_"):
             continue
         if f == "conn":
             for cf in structs["otelbpf_conn_addr"]:
                 if not cf.startswith("_"):
-                    flat.offset[f"x.{cf}"] = conn + layout.offset[f"otelbpf_conn_addr.{cf}"]
-                    flat.size[f"x.{cf}"] = layout.size[f"otelbpf_conn_addr.{cf}"]
-                    fields.append(cf)
+                    key = f"otelbpf_conn_addr.{cf}"
+                    add(cf, conn + layout.offset[key], layout.size[key])
         else:
-            flat.offset[f"x.{f}"] = layout.offset[f"otelbpf_http_event.{f}"]
-            flat.size[f"x.{f}"] = layout.size[f"otelbpf_http_event.{f}"]
-            fields.append(f)
-    assert HTTP_HEADER.size == layout.offset["otelbpf_http_event.req"]
-    _check_struct_format(HTTP_HEADER, fields, "x", flat)
+            add(f, layout.offset[f"otelbpf_record_header.{f}"], layout.size[f"otelbpf_record_header.{f}"])
+    for f in structs["otelbpf_payload"]:
+        if f != "data":
+            add(f, payload + layout.offset[f"otelbpf_payload.{f}"], layout.size[f"otelbpf_payload.{f}"])
+    assert RECORD_HEADER.size == payload + layout.offset["otelbpf_payload.data"]
+    _check_struct_format(RECORD_HEADER, fields, "x", flat)
 
 
 def test_process_event_format(layout: Layout) -> None:
@@ -209,8 +222,8 @@ def mirror_constant(name: str) -> int:
     short = name.removeprefix("OTELBPF_")
     if short == "CAPTURE_BYTES":
         return events.DEFAULT_CAPTURE_BYTES
-    if short.startswith("HTTP_"):
-        return getattr(events, "FLAG_" + short.removeprefix("HTTP_"))
+    if short == "RESP_CAPTURE_BYTES":
+        return events.DEFAULT_RESP_CAPTURE_BYTES
     if short == "STAT_MAX":
         return max(events.STAT_NAMES) + 1  # checked separately: an upper bound
     if short.startswith("STAT_"):
@@ -241,7 +254,7 @@ def test_every_stat_index_is_in_the_header(layout: Layout) -> None:
 
 def test_flags_are_distinct_bits() -> None:
     flags = [v for k, v in vars(events).items() if k.startswith("FLAG_")]
-    assert len(flags) >= 6
+    assert len(flags) >= 4
     combined = 0
     for f in flags:
         assert f & (f - 1) == 0 and f & combined == 0
@@ -249,22 +262,23 @@ def test_flags_are_distinct_bits() -> None:
 
 
 def test_other_capture_size(tmp_path: Path) -> None:
-    got = compile_layout(tmp_path, "-DOTELBPF_CAPTURE_BYTES=1024")
+    got = compile_layout(tmp_path, "-DOTELBPF_CAPTURE_BYTES=1024", "-DOTELBPF_RESP_CAPTURE_BYTES=128")
     assert got.const["OTELBPF_CAPTURE_BYTES"] == 1024
-    assert got.sizeof["otelbpf_http_event"] == http_event_size(1024)
-    assert got.size["otelbpf_http_event.req"] == 1024
-    assert got.offset["otelbpf_http_event.req"] == HTTP_HEADER.size
+    assert got.sizeof["otelbpf_request_event"] == request_event_size(1024, 128)
+    assert got.size["otelbpf_payload.data"] == 1024 + 128
+    assert got.offset["otelbpf_request_event.p"] + got.offset["otelbpf_payload.data"] == RECORD_HEADER.size
 
 
-# ---- decode: records built field by field at the mirror's offsets (not with HTTP_HEADER itself)
+# ---- decode: records built field by field at the mirror's offsets (not with RECORD_HEADER itself)
 
 REQ = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 FIELDS = {
-    "type": events.EVENT_HTTP,
+    "type": events.EVENT_REQUEST,
+    "protocol": events.PROTO_HTTP1,
     "role": events.ROLE_SERVER,
+    "end": events.END_INFERRED,
     "flags": events.FLAG_PIPELINED | events.FLAG_REQ_TRUNCATED,
     "status": 201,
-    "req_offset": 3,
     "pid": 4242,
     "tid": 4243,
     "start_ns": 1_000_000,
@@ -274,6 +288,7 @@ FIELDS = {
     "sock_id": 0xDEADBEEFCAFE,
     "cause_ns": 900_000,
 }
+PAYLOAD = {"req_offset": 3, "count": 2}
 CONN = {
     "local_addr": bytes([127, 0, 0, 1]) + bytes(12),
     "peer_addr": bytes([10, 1, 2, 3]) + bytes(12),
@@ -281,48 +296,50 @@ CONN = {
     "peer_port": 54321,
     "family": 2,
 }
+PACKERS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
 
-def pack_http(req: bytes = REQ, capture: int = events.DEFAULT_CAPTURE_BYTES, **override: int | bytes) -> bytes:
-    values = {**FIELDS, "req_len": len(req), **override}
-    raw = bytearray(http_event_size(capture))
-    packers = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-    for name, (off, size) in events.HTTP_LAYOUT.items():
+def pack_record(req: bytes = REQ, resp: bytes = b"", **override: int | bytes) -> bytes:
+    """A record as the kernel sends it: the header, the payload's counts, then only the bytes it holds."""
+    values = {**FIELDS, **PAYLOAD, "req_len": len(req), "resp_len": len(resp), **override}
+    raw = bytearray(RECORD_HEADER.size)
+    for name, (off, size) in events.HEADER_LAYOUT.items():
         if name in values:
-            struct.pack_into(packers[size], raw, off, values[name])
-    if "comm" in events.HTTP_LAYOUT:
-        off, size = events.HTTP_LAYOUT["comm"]
-        raw[off : off + 5] = b"nginx"
-    conn = events.HTTP_LAYOUT["conn"][0]
+            struct.pack_into(PACKERS[size], raw, off, values[name])
+    off = events.HEADER_LAYOUT["comm"][0]
+    raw[off : off + 5] = b"nginx"
+    conn = events.HEADER_LAYOUT["conn"][0]
     for name, (off, size) in events.CONN_LAYOUT.items():
         v = {**CONN, **override}[name]
         if isinstance(v, bytes):
             raw[conn + off : conn + off + size] = v
         else:
-            struct.pack_into(packers[size], raw, conn + off, v)
-    base = events.HTTP_LAYOUT["req"][0]
-    raw[base : base + len(req)] = req
-    return bytes(raw)
+            struct.pack_into(PACKERS[size], raw, conn + off, v)
+    payload = events.REQUEST_LAYOUT["p"][0]
+    for name, (off, size) in events.PAYLOAD_LAYOUT.items():
+        if name != "data":
+            struct.pack_into(PACKERS[size], raw, payload + off, values[name])
+    return bytes(raw) + req + resp
 
 
 def test_decode_round_trip() -> None:
-    raw = pack_http()
-    assert len(raw) == http_event_size()
+    raw = pack_record(resp=b"RESP")
+    assert len(raw) == RECORD_HEADER.size + len(REQ) + 4
     for data in (raw, memoryview(raw), bytearray(raw)):
         ev = decode(data)
-        for name, value in FIELDS.items():
+        for name, value in {**FIELDS, **PAYLOAD}.items():
             if name != "type":
                 assert getattr(ev, name) == value, name
         for name, value in CONN.items():
             assert getattr(ev, name) == value, name
         assert ev.req == REQ
-        if hasattr(ev, "comm"):
-            assert ev.comm == "nginx"
+        assert ev.resp == b"RESP"
+        assert ev.comm == "nginx"
 
 
 def test_decode_other_capture_and_client_role() -> None:
     req = b"POST /y HTTP/1.0\r\n\r\n" * 40  # 800 bytes
-    raw = pack_http(req, capture=1024, role=events.ROLE_CLIENT)
+    raw = pack_record(req, role=events.ROLE_CLIENT)
     ev = decode(raw, 1024)
     assert ev.role == events.ROLE_CLIENT and ev.req == req
     with pytest.raises(DecodeError):
@@ -331,44 +348,67 @@ def test_decode_other_capture_and_client_role() -> None:
 
 def test_decode_edges() -> None:
     full = bytes(range(256)) * 2
-    assert decode(pack_http(full)).req == full
-    assert decode(pack_http(b"")).req == b""
-    assert decode(pack_http(start_ns=5, end_ns=5)).end_ns == 5
+    assert decode(pack_record(full)).req == full
+    assert decode(pack_record(b"")).req == b""
+    assert decode(pack_record(b"", b"x" * 256)).resp == b"x" * 256
+    assert decode(pack_record(start_ns=5, end_ns=5)).end_ns == 5
 
 
-@pytest.mark.parametrize("length", [0, 1, HTTP_HEADER.size - 1])
+@pytest.mark.parametrize("length", [0, 1, RECORD_HEADER.size - 1])
 def test_decode_rejects_short_records(length: int) -> None:
     with pytest.raises(DecodeError):
-        decode(pack_http()[:length])
+        decode(pack_record()[:length])
 
 
-def test_decode_rejects_record_shorter_than_req_len() -> None:
-    raw = pack_http(b"A" * 100)
-    with pytest.raises(DecodeError):
-        decode(raw[: HTTP_HEADER.size + 50])
+@pytest.mark.parametrize("cut", [-1, 1])
+def test_decode_rejects_a_record_whose_length_disagrees_with_its_counts(cut: int) -> None:
+    raw = pack_record(b"A" * 100, b"B" * 10)
+    with pytest.raises(DecodeError, match="does not hold"):
+        decode(raw[:cut] if cut < 0 else raw + b"\0" * cut)
 
 
 @pytest.mark.parametrize("etype", [0, 2, 3, 255])
 def test_decode_rejects_bad_type(etype: int) -> None:
     with pytest.raises(DecodeError):
-        decode(pack_http(type=etype))
+        decode(pack_record(type=etype))
+
+
+@pytest.mark.parametrize("protocol", [0, events.PROTO_MAX, 255])
+def test_decode_rejects_bad_protocol(protocol: int) -> None:
+    with pytest.raises(DecodeError, match="unknown protocol"):
+        decode(pack_record(protocol=protocol))
 
 
 @pytest.mark.parametrize("role", [0, 3, 255])
 def test_decode_rejects_bad_role(role: int) -> None:
     with pytest.raises(DecodeError):
-        decode(pack_http(role=role))
+        decode(pack_record(role=role))
 
 
-@pytest.mark.parametrize("req_len", [events.DEFAULT_CAPTURE_BYTES + 1, 0xFFFFFFFF])
-def test_decode_rejects_req_len_beyond_capture(req_len: int) -> None:
+@pytest.mark.parametrize("end", [5, 255])
+def test_decode_rejects_bad_end_kind(end: int) -> None:
+    with pytest.raises(DecodeError, match="unknown end kind"):
+        decode(pack_record(end=end))
+
+
+@pytest.mark.parametrize(
+    ("req_len", "resp_len"),
+    [(events.DEFAULT_CAPTURE_BYTES + 1, 0), (0xFFFF, 0), (0, events.DEFAULT_RESP_CAPTURE_BYTES + 1)],
+)
+def test_decode_rejects_lengths_beyond_capture(req_len: int, resp_len: int) -> None:
     with pytest.raises(DecodeError):
-        decode(pack_http(b"", req_len=req_len))
+        decode(pack_record(b"", req_len=req_len, resp_len=resp_len))
 
 
 def test_decode_rejects_end_before_start() -> None:
     with pytest.raises(DecodeError):
-        decode(pack_http(start_ns=2_000, end_ns=1_999))
+        decode(pack_record(start_ns=2_000, end_ns=1_999))
+
+
+def test_unknown_tls_library_is_malformed() -> None:
+    with pytest.raises(events.DecodeError, match="unknown TLS library 9"):
+        decode(pack_record(tls=9))
+    assert decode(pack_record(tls=events.TLS_GNUTLS)).tls == events.TLS_GNUTLS
 
 
 # ---- process records
@@ -399,7 +439,7 @@ def test_decode_process_rejects_bad_records() -> None:
     with pytest.raises(DecodeError):
         events.decode_process(good[:-1])
     with pytest.raises(DecodeError):
-        events.decode_process(bytes([events.EVENT_HTTP]) + good[1:])
+        events.decode_process(bytes([events.EVENT_REQUEST]) + good[1:])
     too_long = bytearray(good)
     struct.pack_into("<I", too_long, events.PROCESS_LAYOUT["filename_len"][0], events.FILENAME_LEN + 1)
     with pytest.raises(DecodeError):
@@ -408,16 +448,3 @@ def test_decode_process_rejects_bad_records() -> None:
     struct.pack_into("<I", too_long, events.PROCESS_LAYOUT["args_len"][0], events.ARGS_LEN + 1)
     with pytest.raises(DecodeError):
         events.decode_process(bytes(too_long))
-
-
-def test_unknown_tls_library_is_malformed() -> None:
-    def record(tls: int) -> bytes:
-        raw = bytearray(events.http_event_size())
-        rest = [200, 0, 1, 2, 0, 10, 20, 0, 0, 0, 0, b"comm", b"", b"", 80, 5000, 2]
-        events.HTTP_HEADER.pack_into(raw, 0, events.EVENT_HTTP, events.ROLE_SERVER, 0, tls, *rest)
-        return bytes(raw)
-
-    with pytest.raises(events.DecodeError, match="unknown TLS library 9"):
-        events.decode(record(9))
-    assert events.decode(record(events.TLS_GNUTLS)).tls == events.TLS_GNUTLS
-    assert events.decode(record(events.TLS_NONE)).tls == events.TLS_NONE

@@ -8,10 +8,10 @@ import pytest
 
 from otelbpf import events
 from otelbpf.correlate import IdGenerator
-from otelbpf.events import HttpEvent
+from otelbpf.events import RequestEvent
 from otelbpf.linking import EVENT_LOOP, LINK_SOURCE, PARENT_SOURCE, TraceLinker
 from otelbpf.spans import Resource, Span, SpanKind
-from tests.factories import http_event
+from tests.factories import http_event, v4
 
 FRONT, NODE, BACKEND = 100, 200, 300
 IP = "127.0.0.1"
@@ -29,11 +29,20 @@ def make(
     name: str = "",
     ids: IdGenerator | None = None,
     traceparent: tuple[bytes, bytes] | None = None,
-) -> tuple[Span, HttpEvent]:
+) -> tuple[Span, RequestEvent]:
     """One span and the kernel event behind it (ports only: all on 127.0.0.1)."""
     ids = ids or IdGenerator(seed=start * 7 + pid)
     ev = http_event(
-        role=role, pid=pid, tid=tid, start_ns=start, end_ns=end, local_port=local, peer_port=peer, cause_ns=cause
+        role=role,
+        pid=pid,
+        tid=tid,
+        start_ns=start,
+        end_ns=end,
+        local_addr=v4(IP),
+        peer_addr=v4(IP),
+        local_port=local,
+        peer_port=peer,
+        cause_ns=cause,
     )
     span = Span(
         trace_id=traceparent[0] if traceparent else ids.trace_id(),
@@ -76,7 +85,7 @@ def linker(window: float = 1.0, max_hold: float = 10.0, max_spans: int = 1000) -
     return TraceLinker(ids.trace_id, ids.span_id, window, max_hold, max_spans)
 
 
-def feed(lk: TraceLinker, items: list[tuple[Span, HttpEvent]], now: float = 0.0) -> None:
+def feed(lk: TraceLinker, items: list[tuple[Span, RequestEvent]], now: float = 0.0) -> None:
     for span, ev in items:
         lk.add(span, ev, now)
 

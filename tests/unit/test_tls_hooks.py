@@ -45,11 +45,29 @@ def test_ex_forms_read_the_count_through_their_fourth_argument() -> None:
 
 def test_program_text_joins_every_family_with_line_markers(tmp_path: Path) -> None:
     for name in BPF_SOURCES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"/* {name} */\n")
     text = program_text(tmp_path)
     for name in BPF_SOURCES:
         assert f'#line 1 "{tmp_path / name}"\n/* {name} */' in text
-    assert text.index("sockets.bpf.c") < text.index("tls.bpf.c")  # tls uses the socket side's maps
+    # The shared maps come first, the protocols' state machines before the dispatcher that calls them,
+    # and tls uses the socket side's maps and dispatcher.
+    order = [text.index(name) for name in ("conn.bpf.h", "http1.bpf.h", "sockets.bpf.c", "tls.bpf.c")]
+    assert order == sorted(order)
+
+
+def test_tail_call_slots_come_from_the_one_declaration() -> None:
+    from otelbpf import events
+    from otelbpf.probes import tail_call_slots
+
+    slots = dict((name, slot) for slot, name in tail_call_slots())
+    assert slots["process_io"] == 0
+    assert slots["http1"] == events.PROTO_HTTP1  # a protocol's state machine sits at its number
+    assert len(set(slots.values())) == len(slots)
+    text = program_text()
+    for name in slots:  # each slot has both copies: the syscall hooks' and the uprobes'
+        assert re.search(rf"\bint {name}\(void \*ctx\)|TAIL_PROGRAMS\({name},", text), name
+        assert re.search(rf"\bint tls_{name}\(struct pt_regs \*ctx\)|TAIL_PROGRAMS\({name},", text), name
 
 
 def test_program_text_names_a_missing_file(tmp_path: Path) -> None:

@@ -9,16 +9,27 @@
 #ifndef OTELBPF_EVENTS_H
 #define OTELBPF_EVENTS_H
 
-/* Bytes of request line and headers kept per request. A power of two: the kernel masks offsets
- * with (OTELBPF_CAPTURE_BYTES - 1) so the verifier can bound them. */
+/* Bytes of each request kept per record, and of each response. Powers of two: the kernel masks
+ * offsets with them so the verifier can bound them. */
 #ifndef OTELBPF_CAPTURE_BYTES
 #define OTELBPF_CAPTURE_BYTES 512
+#endif
+#ifndef OTELBPF_RESP_CAPTURE_BYTES
+#define OTELBPF_RESP_CAPTURE_BYTES 256
 #endif
 
 /* First byte of every ring-buffer record: user space dispatches on raw[0]. */
 enum otelbpf_event_type {
-	OTELBPF_EVENT_HTTP = 1,
+	OTELBPF_EVENT_REQUEST = 1,
 	OTELBPF_EVENT_PROCESS = 2,
+};
+
+/* What a connection carries, decided in the kernel from its first bytes. User space picks the
+ * protocol's module by this number, and the kernel its state machine (tail-call index). */
+enum otelbpf_protocol {
+	OTELBPF_PROTO_UNKNOWN = 0,
+	OTELBPF_PROTO_HTTP1 = 1,
+	OTELBPF_PROTO_MAX = 8,
 };
 
 #define OTELBPF_COMM_LEN 16
@@ -37,13 +48,20 @@ enum otelbpf_tls_library {
 	OTELBPF_TLS_GNUTLS = 2,
 };
 
-/* otelbpf_http_event.flags */
-#define OTELBPF_HTTP_CONN_CLOSED 0x01 /* connection ended before the response completed */
-#define OTELBPF_HTTP_REQ_TRUNCATED 0x02 /* the request had more bytes than were captured */
-#define OTELBPF_HTTP_PIPELINED 0x04 /* a request that was queued behind another on the connection */
-#define OTELBPF_HTTP_END_INFERRED 0x08 /* response end not delimited; ended by close or next request */
-#define OTELBPF_HTTP_NO_RESPONSE 0x10 /* no response bytes were seen at all */
-#define OTELBPF_HTTP_CLOSE_DELIMITED 0x20 /* response without length, completed by the close */
+/* How a request ended: the response completed, or something else decided the end. */
+enum otelbpf_end {
+	OTELBPF_END_COMPLETE = 0, /* the response was delimited and seen whole */
+	OTELBPF_END_CONN_CLOSED = 1, /* the connection ended before the response completed */
+	OTELBPF_END_NO_RESPONSE = 2, /* the connection ended before any response byte */
+	OTELBPF_END_INFERRED = 3, /* response not delimited; ended by the next request */
+	OTELBPF_END_CLOSE_DELIMITED = 4, /* response without length, completed by the close */
+};
+
+/* otelbpf_record_header.flags */
+#define OTELBPF_FLAG_REQ_TRUNCATED 0x01 /* the request had more bytes than were captured */
+#define OTELBPF_FLAG_PIPELINED 0x02 /* queued behind another request on the connection */
+#define OTELBPF_FLAG_ERROR 0x04 /* the protocol's own error reply was seen */
+#define OTELBPF_FLAG_RESP_TRUNCATED 0x08 /* the response had more bytes than were captured */
 
 /* Addresses of one TCP connection, from the traced process's side. IPv4 addresses sit in the first
  * four bytes of the 16-byte arrays; ports are in host byte order. */
@@ -56,29 +74,45 @@ struct otelbpf_conn_addr {
 	__u16 _pad;
 };
 
-/* One finished HTTP/1.x request: request and response paired in the kernel. */
-struct otelbpf_http_event {
-	__u8 type; /* OTELBPF_EVENT_HTTP */
+/* What every request record starts with, whatever its protocol: the linker, the exporters and the
+ * console need nothing else. */
+struct otelbpf_record_header {
+	__u8 type; /* OTELBPF_EVENT_REQUEST */
+	__u8 protocol; /* enum otelbpf_protocol */
 	__u8 role; /* enum otelbpf_role */
-	__u8 flags; /* OTELBPF_HTTP_* */
-	__u8 tls; /* enum otelbpf_tls_library: OTELBPF_TLS_NONE for plain HTTP */
-	__u16 status; /* response status code, 0 when no status line was seen */
-	__u16 req_offset; /* where this request starts inside req[] (non-zero when pipelined) */
+	__u8 tls; /* enum otelbpf_tls_library: OTELBPF_TLS_NONE for plain sockets */
+	__u8 end; /* enum otelbpf_end */
+	__u8 flags; /* OTELBPF_FLAG_* */
+	__u16 status; /* the protocol's status number if it has one (HTTP status), else 0 */
 	__u32 pid; /* tgid of the traced process */
 	__u32 tid; /* thread that read (server) or wrote (client) the request */
-	__u32 req_len; /* valid bytes in req[] */
-	__u32 _pad1;
 	__u64 start_ns; /* CLOCK_MONOTONIC */
 	__u64 end_ns; /* CLOCK_MONOTONIC */
-	__u64 bytes_in; /* bytes the traced process received for this request */
-	__u64 bytes_out; /* bytes the traced process sent for this request */
-	__u64 sock_id; /* kernel socket identity, stable for the connection's life */
 	/* Client requests: start_ns of the server request the same process was serving on this thread
 	 * when this request began (or when its connection was opened), 0 when none was in flight. */
 	__u64 cause_ns;
+	__u64 bytes_in; /* bytes the traced process received for this request */
+	__u64 bytes_out; /* bytes the traced process sent for this request */
+	__u64 sock_id; /* kernel socket identity, stable for the connection's life */
 	char comm[OTELBPF_COMM_LEN]; /* process name, for when the process is gone before /proc is read */
 	struct otelbpf_conn_addr conn;
-	char req[OTELBPF_CAPTURE_BYTES]; /* first bytes of request line and headers, as sent */
+};
+
+/* The protocol's own bytes, after the header: the first bytes of the request, then the first bytes
+ * of the response. A record is sent only as long as the bytes it holds: data[] is cut after
+ * req_len + resp_len. */
+struct otelbpf_payload {
+	__u16 req_len; /* request bytes at data[0] */
+	__u16 resp_len; /* response bytes at data[req_len] */
+	__u16 req_offset; /* where this request starts inside the request bytes (non-zero when pipelined) */
+	__u16 count; /* messages in the request, when the protocol counts them (a pipeline's commands) */
+	char data[OTELBPF_CAPTURE_BYTES + OTELBPF_RESP_CAPTURE_BYTES];
+};
+
+/* One finished request: request and response paired in the kernel. */
+struct otelbpf_request_event {
+	struct otelbpf_record_header h;
+	struct otelbpf_payload p;
 };
 
 /* A traced process started a program (exec). Sent so that a process which lives only a few

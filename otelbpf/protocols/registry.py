@@ -1,0 +1,28 @@
+"""Which user-space module handles which protocol: the one table a new protocol adds a line to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otelbpf import events
+from otelbpf.protocols.base import BuildStats, ProtocolSpans
+from otelbpf.protocols.http1 import HttpSpans
+
+# Protocol number (enum otelbpf_protocol) -> the name used in logs and summaries.
+NAMES: dict[int, str] = {
+    events.PROTO_HTTP1: "http1",
+}
+
+
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """User choices every protocol module may read."""
+
+    capture_query: bool = False  # keep URL query strings (HTTP)
+
+
+def protocol_modules(stats: BuildStats, options: ProtocolOptions) -> dict[int, ProtocolSpans]:
+    """One instance of each protocol's module, by protocol number."""
+    return {
+        events.PROTO_HTTP1: HttpSpans(stats, capture_query=options.capture_query),
+    }
