@@ -176,10 +176,12 @@ static __always_inline int handle_io_exit(void *ctx, long ret)
 
 /* The first bytes each protocol's detector sees: which protocol a connection carries. One line per
  * protocol; the first match wins, so a cheap and specific detector goes first. */
-static __always_inline int detect_protocol(const char *peek, u64 seglen, u8 dir)
+static __always_inline int detect_protocol(const char *peek, u64 seglen, u64 addr, u8 dir)
 {
 	if (http1_detect(peek, seglen))
 		return OTELBPF_PROTO_HTTP1;
+	if (postgres_detect(peek, seglen, addr, dir))
+		return OTELBPF_PROTO_POSTGRES;
 	return OTELBPF_PROTO_UNKNOWN;
 }
 
@@ -235,7 +237,7 @@ static __always_inline int dispatch(struct conn_key *key, struct io_args *io, u6
 			bpf_probe_read_user(peek, sizeof(peek), (void *)addr);
 		else if (addr && seglen >= 3 && !key->tls)
 			bpf_probe_read_user(peek, 3, (void *)addr); /* a 5-byte TLS record header read alone */
-		u8 proto = detect_protocol(peek, seglen, io->dir);
+		u8 proto = detect_protocol(peek, seglen, addr, io->dir);
 		if (!proto) {
 			if (!key->tls && seglen >= 3 && is_tls_start(peek))
 				proto = CONN_TLS;

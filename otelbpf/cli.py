@@ -159,6 +159,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="export url.query (off by default: query strings often carry secrets)",
     )
     out.add_argument(
+        "--raw-db-query-text",
+        action="store_true",
+        default=_env_bool(env, "OTELBPF_RAW_DB_QUERY_TEXT", False),
+        help="export db.query.text with its literals (off by default: they are replaced with ?)",
+    )
+    out.add_argument(
         "--queue-size",
         type=int,
         default=None,

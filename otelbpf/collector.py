@@ -125,6 +125,8 @@ class Collector:
                 continue
             try:
                 span = build(ev)
+                if span is None:
+                    continue  # a handshake: it told a protocol module about the connection, nothing more
                 if linker is not None:
                     linker.add(span, ev, now)
                 else:
@@ -221,6 +223,7 @@ class Collector:
             "requests unfinished at exit": max(0, kernel.get("requests", 0) - finished),
             "responses with no tracked request": kernel.get("orphan_responses", 0),
             "requests with unparsable heads": self._builder.stats.unparsed_requests,
+            "records without a span (handshakes, prepare-only round trips)": self._builder.stats.no_span,
             "invalid traceparent headers (new trace started)": self._builder.stats.invalid_traceparents,
             "user-memory read faults": kernel.get("read_faults", 0),
             "processes not added (target table full)": kernel.get("targets_full", 0),

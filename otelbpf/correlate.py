@@ -76,21 +76,26 @@ class SpanBuilder:
         clock: ClockMap,
         ids: IdGenerator | None = None,
         capture_query: bool = False,
+        raw_db_query_text: bool = False,
     ) -> None:
         self.resources = resources
         self.clock = clock
         self._ids = ids or IdGenerator()
         self.stats = BuildStats()
-        self._protocols = protocol_modules(self.stats, ProtocolOptions(capture_query=capture_query))
+        options = ProtocolOptions(capture_query=capture_query, raw_db_query_text=raw_db_query_text)
+        self._protocols = protocol_modules(self.stats, options)
 
-    def build(self, ev: RequestEvent) -> Span:
-        """The span for one kernel event."""
+    def build(self, ev: RequestEvent) -> Span | None:
+        """The span for one kernel event; None for a record that carries no operation (a handshake)."""
         module = self._protocols.get(ev.protocol)
         if module is None:
             raise UnknownProtocol(f"no module for protocol {ev.protocol}")
         local = format_address(ev.family, ev.local_addr)
         peer = format_address(ev.family, ev.peer_addr)
         op = module.describe(ev, Endpoints(local, peer))
+        if op is None:
+            self.stats.no_span += 1
+            return None
         attrs = op.attributes
         attrs["network.transport"] = "tcp"
         if ev.family in (_AF_INET, _AF_INET6):

@@ -15,6 +15,7 @@ EVENT_PROCESS = 2
 # enum otelbpf_protocol: what a connection carries (the kernel's detector decides).
 PROTO_UNKNOWN = 0
 PROTO_HTTP1 = 1
+PROTO_POSTGRES = 2
 PROTO_MAX = 8
 
 COMM_LEN = 16

@@ -32,6 +32,7 @@ _SYSTEM_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 BPF_SOURCES = (
     "include/otelbpf/conn.bpf.h",
     "include/otelbpf/http1.bpf.h",
+    "include/otelbpf/postgres.bpf.h",
     "sockets.bpf.c",
     "tls.bpf.c",
 )

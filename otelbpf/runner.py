@@ -230,7 +230,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             probes.add_targets(pids)
         probes.configure(self_pid, trace_all=spec.trace_all, max_per_second=args.max_spans_per_second)
         reader = RingBufferReader(probes.ring_fd, probes.ring_size)
-        builder = SpanBuilder(ResourceCache(env), ClockMap(), ids=ids, capture_query=args.capture_query)
+        builder = SpanBuilder(ResourceCache(env), ClockMap(), ids=ids, capture_query=args.capture_query,
+            raw_db_query_text=args.raw_db_query_text,
+        )
 
         periodic: list[tuple[float, Callable[[], None]]] = [(5.0, builder.clock.maybe_refresh)]
         if spec.ports and args.port_scan_interval > 0:

@@ -11,9 +11,10 @@ DEMO="curl nginx-light openssl nodejs"
 # make test: gcc links the fake TLS libraries and ELF files the unit tests build (libc6-dev carries crt1.o
 # and crti.o, which gcc only recommends); readelf (binutils) cross-checks the ELF reader; setpriv
 # (util-linux) drops root for the not-root test; libnss3 and libgnutls-openssl27 are the look-alike
-# libraries that TLS discovery must refuse; redis-server is the non-HTTP server the selection tests trace;
-# wget is the GnuTLS client.
-TEST="gcc libc6-dev binutils make util-linux redis-server libnss3 libgnutls-openssl27 wget"
+# libraries that TLS discovery must refuse; wget is the GnuTLS client; the database tests start private
+# postgresql, mariadb-server and redis-server instances and drive them with psql, mariadb and redis-cli.
+TEST="gcc libc6-dev binutils make util-linux libnss3 libgnutls-openssl27 wget
+  postgresql postgresql-client mariadb-server mariadb-client redis-server redis-tools"
 # make bench: load generators.
 BENCH="wrk apache2-utils"
 APT_PACKAGES=${APT_PACKAGES:-"$RUNTIME $DEMO $TEST $BENCH"}
@@ -38,10 +39,10 @@ fi
 # through them (socket offsets come from BTF), so a near version is enough.
 bash scripts/kernel-headers.sh
 
-# nginx-light's and redis-server's packages start system services where systemd runs; tests and
+# nginx-light's and the databases' packages start system services where systemd runs; tests and
 # benchmarks run their own, on free ports.
 if command -v systemctl >/dev/null 2>&1; then
-  for unit in nginx redis-server; do
+  for unit in nginx redis-server postgresql mariadb; do
     if systemctl is-active --quiet "$unit" 2>/dev/null; then
       systemctl stop "$unit" || true
       systemctl disable "$unit" >/dev/null 2>&1 || true

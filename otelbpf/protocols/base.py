@@ -42,9 +42,10 @@ class BuildStats:
     unparsed_requests: int = 0
     invalid_traceparents: int = 0  # a new trace was started instead
     traceparents: int = 0  # server spans that joined their caller's trace
+    no_span: int = 0  # records that carried no operation: handshakes, SSL requests, prepare-only round trips
 
 
 class ProtocolSpans(Protocol):
     """A protocol's user-space module, as the span builder calls it."""
 
-    def describe(self, ev: RequestEvent, endpoints: Endpoints) -> Operation: ...
+    def describe(self, ev: RequestEvent, endpoints: Endpoints) -> Operation | None: ...

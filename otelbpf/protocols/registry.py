@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 from otelbpf import events
 from otelbpf.protocols.base import BuildStats, ProtocolSpans
+from otelbpf.protocols.db import DbSpans
 from otelbpf.protocols.http1 import HttpSpans
+from otelbpf.protocols.postgres import PgSession
 
 # Protocol number (enum otelbpf_protocol) -> the name used in logs and summaries.
 NAMES: dict[int, str] = {
     events.PROTO_HTTP1: "http1",
+    events.PROTO_POSTGRES: "postgresql",
 }
 
 
@@ -19,10 +22,13 @@ class ProtocolOptions:
     """User choices every protocol module may read."""
 
     capture_query: bool = False  # keep URL query strings (HTTP)
+    raw_db_query_text: bool = False  # keep the literals in db.query.text
 
 
 def protocol_modules(stats: BuildStats, options: ProtocolOptions) -> dict[int, ProtocolSpans]:
     """One instance of each protocol's module, by protocol number."""
+    raw = options.raw_db_query_text
     return {
         events.PROTO_HTTP1: HttpSpans(stats, capture_query=options.capture_query),
+        events.PROTO_POSTGRES: DbSpans(stats, lambda: PgSession(capture_raw=raw), capture_raw=raw),
     }

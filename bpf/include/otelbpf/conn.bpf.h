@@ -51,6 +51,7 @@
 enum tail_call {
 	TAIL_PROCESS_IO = 0, /* connection lookup and protocol detection, then the protocol's slot */
 	TAIL_HTTP1 = OTELBPF_PROTO_HTTP1,
+	TAIL_POSTGRES = OTELBPF_PROTO_POSTGRES,
 	TAIL_HTTP1_PIPELINE = OTELBPF_PROTO_MAX, /* after a response: start a queued request */
 	TAIL_MAX = OTELBPF_PROTO_MAX + 8,
 };
@@ -360,6 +361,43 @@ static __always_inline u32 copy_user_at(char *region, u32 size, u32 off, u64 add
 		done += piece;
 	}
 	return done;
+}
+
+/* Shift the last bytes of this syscall's data into st->tail: protocols whose responses end with a
+ * known byte pattern (a chunked body's terminator, PostgreSQL's ReadyForQuery) look for it there. */
+static __always_inline void update_tail(struct conn_state *st, struct io_args *io, u64 ret)
+{
+	u64 addr = io->buf, seg = ret;
+	if (io->iovcnt) {
+		/* Find the iovec holding the last transferred byte. */
+		u64 left = ret;
+		seg = 0;
+		for (int i = 0; i < MAX_IOV; i++) {
+			if (i >= io->iovcnt || left == 0)
+				break;
+			struct iovec iov = {};
+			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(io->buf + i * sizeof(iov))))
+				return;
+			u64 n = iov.iov_len < left ? iov.iov_len : left;
+			left -= n;
+			addr = (u64)iov.iov_base;
+			seg = n;
+		}
+		if (left)
+			return; /* more iovecs than we walk: leave the tail alone */
+	}
+	u8 n = seg >= 8 ? 8 : seg;
+	if (n == 0)
+		return;
+	u64 bytes = 0;
+	if (bpf_probe_read_user(&bytes, n & 15, (void *)(addr + seg - n)))
+		return;
+	/* bytes holds the last n bytes, first byte lowest; keep the stream's last byte lowest-first
+	 * by shifting the previous tail down. */
+	if (n == 8)
+		st->tail = bytes;
+	else
+		st->tail = (st->tail >> (8 * n)) | (bytes << (8 * (8 - n)));
 }
 
 /* ---- addresses ---- */

@@ -29,6 +29,7 @@ enum otelbpf_event_type {
 enum otelbpf_protocol {
 	OTELBPF_PROTO_UNKNOWN = 0,
 	OTELBPF_PROTO_HTTP1 = 1,
+	OTELBPF_PROTO_POSTGRES = 2,
 	OTELBPF_PROTO_MAX = 8,
 };
 

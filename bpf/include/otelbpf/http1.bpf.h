@@ -130,42 +130,6 @@ static __always_inline void scan_head_from(struct scratch *s, u32 base, u32 len)
 		ss->cl = v;
 }
 
-/* Shift the last bytes of this syscall's data into st->tail (for the chunked terminator). */
-static __always_inline void update_tail(struct conn_state *st, struct io_args *io, u64 ret)
-{
-	u64 addr = io->buf, seg = ret;
-	if (io->iovcnt) {
-		/* Find the iovec holding the last transferred byte. */
-		u64 left = ret;
-		seg = 0;
-		for (int i = 0; i < MAX_IOV; i++) {
-			if (i >= io->iovcnt || left == 0)
-				break;
-			struct iovec iov = {};
-			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(io->buf + i * sizeof(iov))))
-				return;
-			u64 n = iov.iov_len < left ? iov.iov_len : left;
-			left -= n;
-			addr = (u64)iov.iov_base;
-			seg = n;
-		}
-		if (left)
-			return; /* more iovecs than we walk: leave the tail alone */
-	}
-	u8 n = seg >= 8 ? 8 : seg;
-	if (n == 0)
-		return;
-	u64 bytes = 0;
-	if (bpf_probe_read_user(&bytes, n & 15, (void *)(addr + seg - n)))
-		return;
-	/* bytes holds the last n bytes, first byte lowest; keep the stream's last byte lowest-first
-	 * by shifting the previous tail down. */
-	if (n == 8)
-		st->tail = bytes;
-	else
-		st->tail = (st->tail >> (8 * n)) | (bytes << (8 * (8 - n)));
-}
-
 /* "0\r\n\r\n" as the last five bytes of the stream, read little-endian from the top of tail. */
 static __always_inline int tail_ends_chunked(u64 tail)
 {

@@ -1,0 +1,84 @@
+"""A database client that connects first, pauses, then makes a scripted set of calls (helpers.PausedClient).
+
+usage: db_client.py DRIVER DSN SCENARIO [N]
+
+DRIVER is psycopg2, psycopg (3), pymysql or redis. The connection is opened BEFORE "paused" is printed,
+so the tracer meets a connection whose handshake it never saw, as with an application's pool. On "go" the
+SCENARIO runs; one JSON line reports {"pid", "calls": [what was sent, in order], "errors": n}; the process then
+stays alive until stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def connect(driver: str, dsn: str):
+    if driver == "psycopg2":
+        import psycopg2
+
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        return conn
+    if driver == "psycopg":
+        import psycopg
+
+        return psycopg.connect(dsn, autocommit=True)
+    raise SystemExit(f"unknown driver {driver}")
+
+
+def pg_scenario(driver: str, conn, scenario: str, n: int) -> tuple[list[str], int]:
+    calls: list[str] = []
+    errors = 0
+    cur = conn.cursor()
+    if scenario == "simple":
+        # psycopg2 puts the value into the text itself: a simple Query with a literal in it.
+        for i in range(n):
+            cur.execute("SELECT id, name FROM items WHERE id = %s", (1000 + i,))
+            cur.fetchall()
+            calls.append("SELECT items")
+    elif scenario == "prepared":
+        # psycopg 3 binds server-side: Parse/Bind/Describe/Execute/Sync; prepare=True names the statement
+        # and later executions send only Bind/Execute.
+        for i in range(n):
+            cur.execute("SELECT id, name FROM items WHERE id = %s", (1000 + i,), prepare=True)
+            cur.fetchall()
+            calls.append("SELECT items")
+    elif scenario == "pipeline":
+        # Several statements before one Sync: one batch span.
+        with conn.pipeline():
+            for i in range(n):
+                cur.execute("INSERT INTO items (id, name) VALUES (%s, %s)", (5000 + i, f"secret-{i}"))
+        conn.execute("DELETE FROM items WHERE id >= 5000")
+        calls.append(f"BATCH INSERT x{n}")
+        calls.append("DELETE items")
+    elif scenario == "error":
+        for _ in range(n):
+            try:
+                cur.execute("SELECT * FROM no_such_table")
+            except Exception:  # noqa: BLE001 - the error is the point
+                errors += 1
+            calls.append("SELECT no_such_table")
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    return calls, errors
+
+
+def main() -> None:
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    driver, dsn, scenario = sys.argv[1:4]
+    n = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    conn = connect(driver, dsn)
+    print("paused", flush=True)
+    sys.stdin.readline()
+    calls, errors = pg_scenario(driver, conn, scenario, n)
+    print(json.dumps({"pid": os.getpid(), "calls": calls, "errors": errors}), flush=True)
+    sys.stdin.read()  # until the test closes stdin
+    conn.close()
+
+
+if __name__ == "__main__":
+    main()
