@@ -182,6 +182,8 @@ static __always_inline int detect_protocol(const char *peek, u64 seglen, u64 add
 		return OTELBPF_PROTO_HTTP1;
 	if (postgres_detect(peek, seglen, addr, dir))
 		return OTELBPF_PROTO_POSTGRES;
+	if (redis_detect(peek, seglen, dir))
+		return OTELBPF_PROTO_REDIS;
 	return OTELBPF_PROTO_UNKNOWN;
 }
 

@@ -33,6 +33,7 @@ BPF_SOURCES = (
     "include/otelbpf/conn.bpf.h",
     "include/otelbpf/http1.bpf.h",
     "include/otelbpf/postgres.bpf.h",
+    "include/otelbpf/redis.bpf.h",
     "sockets.bpf.c",
     "tls.bpf.c",
 )

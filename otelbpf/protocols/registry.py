@@ -9,11 +9,13 @@ from otelbpf.protocols.base import BuildStats, ProtocolSpans
 from otelbpf.protocols.db import DbSpans
 from otelbpf.protocols.http1 import HttpSpans
 from otelbpf.protocols.postgres import PgSession
+from otelbpf.protocols.redis import RedisSession
 
 # Protocol number (enum otelbpf_protocol) -> the name used in logs and summaries.
 NAMES: dict[int, str] = {
     events.PROTO_HTTP1: "http1",
     events.PROTO_POSTGRES: "postgresql",
+    events.PROTO_REDIS: "redis",
 }
 
 
@@ -31,4 +33,5 @@ def protocol_modules(stats: BuildStats, options: ProtocolOptions) -> dict[int, P
     return {
         events.PROTO_HTTP1: HttpSpans(stats, capture_query=options.capture_query),
         events.PROTO_POSTGRES: DbSpans(stats, lambda: PgSession(capture_raw=raw), capture_raw=raw),
+        events.PROTO_REDIS: DbSpans(stats, lambda: RedisSession(capture_raw=raw), capture_raw=raw),
     }

@@ -116,3 +116,42 @@ def stop_postgres(pg: Postgres) -> None:
     """Stop the server and remove its directory."""
     stop_process(pg.proc)
     shutil.rmtree(pg.directory, ignore_errors=True)
+
+
+@dataclass
+class Redis:
+    """A private redis-server on a free port."""
+
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def start_redis(directory: Path) -> Redis:
+    """redis-server with no persistence on a free port, answering PING."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (make setup installs it)"
+    for _ in range(3):
+        port = free_port()
+        with open(directory / "redis.log", "ab") as log:
+            proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.poll() is None:
+            ping = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True, text=True)
+            if ping.stdout.strip() == "PONG":
+                return Redis(proc, port)
+            time.sleep(0.1)
+        stop_process(proc)
+    pytest.fail(f"redis-server did not start: {(directory / 'redis.log').read_text()}")

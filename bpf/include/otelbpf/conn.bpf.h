@@ -52,6 +52,7 @@ enum tail_call {
 	TAIL_PROCESS_IO = 0, /* connection lookup and protocol detection, then the protocol's slot */
 	TAIL_HTTP1 = OTELBPF_PROTO_HTTP1,
 	TAIL_POSTGRES = OTELBPF_PROTO_POSTGRES,
+	TAIL_REDIS = OTELBPF_PROTO_REDIS,
 	TAIL_HTTP1_PIPELINE = OTELBPF_PROTO_MAX, /* after a response: start a queued request */
 	TAIL_MAX = OTELBPF_PROTO_MAX + 8,
 };
@@ -111,6 +112,8 @@ struct conn_state {
 	/* The protocol state machine's own fields; each protocol header says what it keeps in them. */
 	s64 left;
 	u64 tail;
+	u32 pending;
+	u32 _pad;
 	u8 state; /* enum conn_state_kind */
 	u8 proto; /* enum otelbpf_protocol or enum conn_kind */
 	u8 role;

@@ -2,10 +2,10 @@
 
 usage: db_client.py DRIVER DSN SCENARIO [N]
 
-DRIVER is psycopg2, psycopg (3), pymysql or redis. The connection is opened BEFORE "paused" is printed,
-so the tracer meets a connection whose handshake it never saw, as with an application's pool. On "go" the
-SCENARIO runs; one JSON line reports {"pid", "calls": [what was sent, in order], "errors": n}; the process then
-stays alive until stdin closes.
+DRIVER is psycopg2, psycopg (3), pymysql (DSN host:port:database) or redis (DSN a redis:// URL). The
+connection is opened BEFORE "paused" is printed, so the tracer meets a connection whose handshake it never
+saw, as with an application's pool. On "go" the SCENARIO runs; one JSON line reports {"pid", "calls": [what
+was sent, in order], "errors": n}; the process then stays alive until stdin closes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,45 @@ def connect(driver: str, dsn: str):
         import psycopg
 
         return psycopg.connect(dsn, autocommit=True)
+    if driver == "redis":
+        import redis
+
+        conn = redis.Redis.from_url(dsn, protocol=3 if "protocol=3" in dsn else 2)
+        conn.ping()  # connect now, before the tracer starts
+        return conn
+    if driver == "pymysql":
+        import pymysql
+
+        host, port, database = dsn.split(":")
+        return pymysql.connect(host=host, port=int(port), user="root", database=database, autocommit=True)
     raise SystemExit(f"unknown driver {driver}")
+
+
+def redis_scenario(conn, scenario: str, n: int) -> tuple[list[str], int]:
+    calls: list[str] = []
+    errors = 0
+    if scenario == "commands":
+        for i in range(n):
+            conn.set(f"user:{1000 + i}", f"secret-value-{i}")
+            calls.append("SET")
+    elif scenario == "pipeline":
+        pipe = conn.pipeline(transaction=False)
+        for i in range(n):
+            pipe.set(f"user:{2000 + i}", f"secret-value-{i}")
+        pipe.execute()
+        calls.append(f"PIPELINE SET x{n}")
+    elif scenario == "error":
+        conn.set("a-string", "x")
+        calls.append("SET")
+        for _ in range(n):
+            try:
+                conn.lpush("a-string", "y")
+            except Exception:  # noqa: BLE001 - the error is the point
+                errors += 1
+            calls.append("LPUSH")
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    return calls, errors
 
 
 def pg_scenario(driver: str, conn, scenario: str, n: int) -> tuple[list[str], int]:
@@ -66,6 +104,27 @@ def pg_scenario(driver: str, conn, scenario: str, n: int) -> tuple[list[str], in
     return calls, errors
 
 
+def mysql_scenario(conn, scenario: str, n: int) -> tuple[list[str], int]:
+    calls: list[str] = []
+    errors = 0
+    cur = conn.cursor()
+    if scenario == "simple":
+        for i in range(n):
+            cur.execute("SELECT id, name FROM items WHERE id = %s", (1000 + i,))
+            cur.fetchall()
+            calls.append("SELECT items")
+    elif scenario == "error":
+        for _ in range(n):
+            try:
+                cur.execute("SELECT * FROM no_such_table")
+            except Exception:  # noqa: BLE001 - the error is the point
+                errors += 1
+            calls.append("SELECT no_such_table")
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    return calls, errors
+
+
 def main() -> None:
     if len(sys.argv) < 4:
         sys.exit(__doc__)
@@ -74,7 +133,12 @@ def main() -> None:
     conn = connect(driver, dsn)
     print("paused", flush=True)
     sys.stdin.readline()
-    calls, errors = pg_scenario(driver, conn, scenario, n)
+    if driver == "redis":
+        calls, errors = redis_scenario(conn, scenario, n)
+    elif driver == "pymysql":
+        calls, errors = mysql_scenario(conn, scenario, n)
+    else:
+        calls, errors = pg_scenario(driver, conn, scenario, n)
     print(json.dumps({"pid": os.getpid(), "calls": calls, "errors": errors}), flush=True)
     sys.stdin.read()  # until the test closes stdin
     conn.close()
