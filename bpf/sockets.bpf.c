@@ -184,6 +184,8 @@ static __always_inline int detect_protocol(const char *peek, u64 seglen, u64 add
 		return OTELBPF_PROTO_POSTGRES;
 	if (redis_detect(peek, seglen, dir))
 		return OTELBPF_PROTO_REDIS;
+	if (mysql_detect(peek, seglen, dir))
+		return OTELBPF_PROTO_MYSQL;
 	return OTELBPF_PROTO_UNKNOWN;
 }
 

@@ -34,6 +34,7 @@ BPF_SOURCES = (
     "include/otelbpf/http1.bpf.h",
     "include/otelbpf/postgres.bpf.h",
     "include/otelbpf/redis.bpf.h",
+    "include/otelbpf/mysql.bpf.h",
     "sockets.bpf.c",
     "tls.bpf.c",
 )

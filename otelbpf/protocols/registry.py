@@ -8,6 +8,7 @@ from otelbpf import events
 from otelbpf.protocols.base import BuildStats, ProtocolSpans
 from otelbpf.protocols.db import DbSpans
 from otelbpf.protocols.http1 import HttpSpans
+from otelbpf.protocols.mysql import MySqlSession
 from otelbpf.protocols.postgres import PgSession
 from otelbpf.protocols.redis import RedisSession
 
@@ -16,6 +17,7 @@ NAMES: dict[int, str] = {
     events.PROTO_HTTP1: "http1",
     events.PROTO_POSTGRES: "postgresql",
     events.PROTO_REDIS: "redis",
+    events.PROTO_MYSQL: "mysql",
 }
 
 
@@ -34,4 +36,5 @@ def protocol_modules(stats: BuildStats, options: ProtocolOptions) -> dict[int, P
         events.PROTO_HTTP1: HttpSpans(stats, capture_query=options.capture_query),
         events.PROTO_POSTGRES: DbSpans(stats, lambda: PgSession(capture_raw=raw), capture_raw=raw),
         events.PROTO_REDIS: DbSpans(stats, lambda: RedisSession(capture_raw=raw), capture_raw=raw),
+        events.PROTO_MYSQL: DbSpans(stats, lambda: MySqlSession(capture_raw=raw), capture_raw=raw),
     }

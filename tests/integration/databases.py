@@ -155,3 +155,81 @@ def start_redis(directory: Path) -> Redis:
             time.sleep(0.1)
         stop_process(proc)
     pytest.fail(f"redis-server did not start: {(directory / 'redis.log').read_text()}")
+
+
+@dataclass
+class MariaDb:
+    """A private MariaDB server (no grant tables: root needs no password) with database ``shop``."""
+
+    proc: subprocess.Popen
+    port: int
+    directory: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, sql: str, database: str = "") -> str:
+        argv = ["mariadb", "-h", "127.0.0.1", "-P", str(self.port), "-u", "root", "-N", "-B", "-e", sql]
+        res = subprocess.run([*argv, *([database] if database else [])], capture_output=True, text=True, timeout=30)
+        if res.returncode != 0:
+            pytest.fail(f"mariadb {sql!r} failed: {res.stderr}")
+        return res.stdout
+
+
+def start_mariadb() -> MariaDb:
+    """mariadb-install-db a data directory, start mariadbd on a free port, create ``shop.items``."""
+    for tool in ("mariadb-install-db", "mariadb"):
+        assert shutil.which(tool), f"{tool} is not installed (make setup installs mariadb-server and -client)"
+    mariadbd = Path("/usr/sbin/mariadbd")
+    assert mariadbd.exists(), "mariadbd is not installed (make setup installs mariadb-server)"
+    d = Path(tempfile.mkdtemp(prefix="otelbpf-mariadb-"))
+    init = subprocess.run(
+        ["mariadb-install-db", "--no-defaults", f"--datadir={d / 'data'}", "--user=root", "--skip-test-db"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert init.returncode == 0, f"mariadb-install-db failed: {init.stderr}"
+    for _ in range(3):
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                str(mariadbd),
+                "--no-defaults",
+                f"--datadir={d / 'data'}",
+                f"--socket={d / 'sock'}",
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-grant-tables",
+                f"--pid-file={d / 'pid'}",
+                f"--log-error={d / 'error.log'}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = MariaDb(proc, port, d)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            ping = subprocess.run(
+                ["mariadb", "-h", "127.0.0.1", "-P", str(port), "-u", "root", "-e", "SELECT 1"],
+                capture_output=True,
+                timeout=10,
+            )
+            if ping.returncode == 0:
+                server.client("CREATE DATABASE shop")
+                server.client("CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(64))", "shop")
+                server.client("INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1000_to_1100", "shop")
+                return server
+            time.sleep(0.2)
+        stop_process(proc)
+    log = (d / "error.log").read_text() if (d / "error.log").exists() else ""
+    pytest.fail(f"mariadbd did not start: {log}")
+
+
+def stop_mariadb(server: MariaDb) -> None:
+    """Stop the server and remove its directory."""
+    stop_process(server.proc)
+    shutil.rmtree(server.directory, ignore_errors=True)

@@ -52,7 +52,7 @@ def test_program_text_joins_every_family_with_line_markers(tmp_path: Path) -> No
         assert f'#line 1 "{tmp_path / name}"\n/* {name} */' in text
     # The shared maps come first, the protocols' state machines before the dispatcher that calls them,
     # and tls uses the socket side's maps and dispatcher.
-    names = ("conn.bpf.h", "http1.bpf.h", "postgres.bpf.h", "redis.bpf.h", "sockets.bpf.c", "tls.bpf.c")
+    names = ("conn.bpf.h", "http1.bpf.h", "postgres.bpf.h", "redis.bpf.h", "mysql.bpf.h", "sockets.bpf.c", "tls.bpf.c")
     order = [text.index(name) for name in names]
     assert order == sorted(order)
 

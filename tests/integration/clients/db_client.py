@@ -37,6 +37,14 @@ def connect(driver: str, dsn: str):
 
         host, port, database = dsn.split(":")
         return pymysql.connect(host=host, port=int(port), user="root", database=database, autocommit=True)
+    if driver == "mysql-connector":
+        import mysql.connector
+
+        host, port, database = dsn.split(":")
+        # Pure Python: the socket I/O is this process's own, as with PyMySQL.
+        return mysql.connector.connect(
+            host=host, port=int(port), user="root", database=database, autocommit=True, use_pure=True
+        )
     raise SystemExit(f"unknown driver {driver}")
 
 
@@ -113,6 +121,13 @@ def mysql_scenario(conn, scenario: str, n: int) -> tuple[list[str], int]:
             cur.execute("SELECT id, name FROM items WHERE id = %s", (1000 + i,))
             cur.fetchall()
             calls.append("SELECT items")
+    elif scenario == "prepared":
+        # mysql-connector's prepared cursor: COM_STMT_PREPARE once, then COM_STMT_EXECUTE per call.
+        cur = conn.cursor(prepared=True)
+        for i in range(n):
+            cur.execute("SELECT id, name FROM items WHERE id = %s", (1000 + i,))
+            cur.fetchall()
+            calls.append("SELECT items")
     elif scenario == "error":
         for _ in range(n):
             try:
@@ -135,7 +150,7 @@ def main() -> None:
     sys.stdin.readline()
     if driver == "redis":
         calls, errors = redis_scenario(conn, scenario, n)
-    elif driver == "pymysql":
+    elif driver in ("pymysql", "mysql-connector"):
         calls, errors = mysql_scenario(conn, scenario, n)
     else:
         calls, errors = pg_scenario(driver, conn, scenario, n)
