@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -10,7 +11,10 @@ import pytest
 
 from tests.integration.helpers import (
     CLIENT,
+    CLIENTS,
+    PYTHON,
     SERVER,
+    PausedClient,
     assert_summary,
     by_pid,
     free_port,
@@ -64,6 +68,24 @@ def test_non_http_traffic_is_ignored(server_factory, redis_server, otelbpf, rece
         assert subprocess.run(["redis-cli", "-p", port, "PING"], capture_output=True, text=True).stdout == "PONG\n"
     wait_idle(echo.pid)
     wait_idle(redis.pid)
+    res = run.stop()
+    assert receiver.spans() == []
+    assert_summary(res, requests=0, exported=0)
+
+
+def test_a_binary_protocol_that_is_none_of_ours_gives_no_spans(server_factory, otelbpf, receiver):
+    """Client and server both traced, a length-prefixed binary protocol: no protocol detector may claim it."""
+    echo = server_factory("echo.py")
+    raw = [PYTHON, str(CLIENTS / "raw_client.py"), "binary", str(echo.port), "47"]
+    client = PausedClient(argv=[PYTHON, str(CLIENTS / "run_paused.py"), *raw])
+    try:
+        run = otelbpf("--pid", str(echo.pid), "--pid", str(client.pid), receiver=receiver)
+        result = client.go()
+    finally:
+        client.stop()
+    assert result["returncode"] == 0, result["stderr"]
+    assert json.loads(result["stdout"])["exchanges"] == 47
+    wait_idle(echo.pid)
     res = run.stop()
     assert receiver.spans() == []
     assert_summary(res, requests=0, exported=0)

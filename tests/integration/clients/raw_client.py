@@ -3,6 +3,7 @@
 usage:
   raw_client.py pieces PORT PATH           one request whose head is sent in two pieces, 50 ms apart
   raw_client.py pipeline PORT PATH...      all requests in one send on one connection, then all responses
+  raw_client.py binary PORT N              N exchanges of a made-up length-prefixed binary protocol (echoed);
   raw_client.py echo PORT N [lookalike]    N non-HTTP exchanges with an echo server on one connection;
                                            lookalike: every tenth message reads like an HTTP request line
 """
@@ -10,6 +11,7 @@ usage:
 from __future__ import annotations
 
 import json
+import random
 import socket
 import sys
 import time
@@ -76,6 +78,26 @@ def echo(port: int, n: int, lookalike: bool) -> dict:
     return {"exchanges": ok}
 
 
+def binary(port: int, n: int) -> dict:
+    """A made-up binary protocol: a 4-byte big-endian length, then that many bytes, echoed back whole."""
+    rng = random.Random(7)
+    ok = 0
+    with connect(port) as sock:
+        f = sock.makefile("rb")
+        for i in range(n):
+            body = bytes(rng.getrandbits(8) for _ in range(8 + i % 40))
+            msg = len(body).to_bytes(4, "big") + body + b"\n"  # the echo server answers line by line
+            sock.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = f.readline()
+                if not chunk:
+                    break
+                got += chunk
+            ok += got == msg
+    return {"exchanges": ok}
+
+
 def main() -> None:
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "pieces":
@@ -84,6 +106,8 @@ def main() -> None:
         out = pipeline(port, sys.argv[3:])
     elif mode == "echo":
         out = echo(port, int(sys.argv[3]), sys.argv[4:] == ["lookalike"])
+    elif mode == "binary":
+        out = binary(port, int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out), flush=True)
