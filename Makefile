@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KREL := $(shell uname -r)
 
-.PHONY: setup demo test unit integration bench bench-https bench-connections lint clean
+.PHONY: setup demo test unit integration bench bench-https bench-connections bench-redis lint clean
 
 setup: .setup-stamp
 
@@ -36,6 +36,9 @@ bench-https: setup
 
 bench-connections: setup
 	$(PY) bench/connection_churn.py
+
+bench-redis: setup
+	$(PY) bench/redis_bench.py
 
 lint: setup
 	$(VENV)/bin/ruff check otelbpf tests bench scripts
