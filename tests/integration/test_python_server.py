@@ -126,6 +126,28 @@ def test_keepalive_session(py_server, otelbpf, receiver):
     assert_in_window(spans, t0, t1)
 
 
+def test_a_response_head_longer_than_the_capture_is_still_delimited(py_server, otelbpf, receiver):
+    """A 4 KiB head with Content-Length at its end, on a keep-alive connection that stays open: every span
+    must end when its response does, not when the next request or the close comes."""
+    client = PausedClient("session", [py_server.url("/bighead") for _ in range(N)])
+    try:
+        run = otelbpf("--pid", str(py_server.pid), receiver=receiver)
+        results = client.go()
+        assert [r["status"] for r in results] == [200] * N
+        settle(receiver, N)  # the connection is still open: only delimited responses have spans yet
+        res = run.stop()
+    finally:
+        client.stop()
+    spans = by_pid(receiver.spans(), py_server.pid)
+    assert len(spans) == N
+    for s in spans:
+        assert s.name == "GET /bighead"
+        assert s.attributes["http.response.status_code"] == 200
+        assert s.attributes["http.response.size"] > 3500
+        assert s.status_code == STATUS_UNSET
+    assert_summary(res, requests=N, exported=N)
+
+
 def test_chunked_and_split_responses(app, otelbpf, receiver, tmp_path):
     """Bodies written in several writes; http.response.size is every byte of the response, as curl got them."""
     run = otelbpf("--pid", str(app.server.pid), receiver=receiver)

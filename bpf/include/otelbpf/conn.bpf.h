@@ -55,6 +55,7 @@ enum tail_call {
 	TAIL_REDIS = OTELBPF_PROTO_REDIS,
 	TAIL_MYSQL = OTELBPF_PROTO_MYSQL,
 	TAIL_HTTP1_PIPELINE = OTELBPF_PROTO_MAX, /* after a response: start a queued request */
+	TAIL_HTTP1_HEAD = OTELBPF_PROTO_MAX + 1, /* the next window of a response head longer than CAP */
 	TAIL_MAX = OTELBPF_PROTO_MAX + 8,
 };
 #define TAIL_PROTOCOL(p) ((p) & (OTELBPF_PROTO_MAX - 1))

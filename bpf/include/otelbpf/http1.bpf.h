@@ -6,12 +6,18 @@
  * Only the request bytes are captured: the status code travels in the record header.
  *
  * conn_state fields this protocol keeps: left = response body bytes still expected (-1 when not
- * length-delimited), tail = the response stream's last 8 bytes (chunked terminator), pflags =
+ * length-delimited; while a long head is scanned, its Content-Length so far), tail = the response
+ * stream's last 8 bytes (chunked terminator), pending = where the next head window starts, pflags =
  * HTTP1_*.
  */
 #define HTTP1_CHUNKED 0x01
 #define HTTP1_HEAD_REQ 0x02 /* request method was HEAD: the response has no body whatever it says */
 #define HTTP1_CHECK_PIPELINE 0x04 /* a response completed: look for a queued request */
+#define HTTP1_LONG_HEAD 0x08 /* the response head runs past the first window: TAIL_HTTP1_HEAD scans on */
+/* Windows of a response head scanned, one tail call each: heads up to about 8 KiB are delimited. */
+#define HTTP1_HEAD_WINDOWS 16
+/* Windows overlap by this much, so that a header line cut by one window's end is whole in the next. */
+#define HTTP1_HEAD_OVERLAP 64
 
 /* 1 for a request line's start, 2 for HEAD, 0 for anything else. */
 static __always_inline int http1_method(const char *p)
@@ -205,6 +211,29 @@ static __always_inline void http1_finish(struct conn_state *st, u64 now)
 		st->pflags |= HTTP1_CHECK_PIPELINE;
 }
 
+/* The response head was delimited (end: where its body starts in this syscall's data, 0 if never
+ * found): follow the body by its length or chunks, or until the close. */
+static __always_inline void http1_head_found(struct conn_state *st, struct io_args *io, u32 end, s64 cl, u32 chunked,
+					     u64 ret, u64 now)
+{
+	u16 status = st->ev.h.status;
+	if ((st->pflags & HTTP1_HEAD_REQ) || status == 204 || status == 304) {
+		st->left = 0;
+	} else if (chunked) {
+		st->pflags |= HTTP1_CHUNKED;
+	} else if (cl >= 0 && end) {
+		st->left = cl - (s64)(ret - end);
+	} else {
+		st->left = -1;
+		st->close_ends = 1; /* HTTP/1.0 style: the close may complete it */
+	}
+	int is_chunked = st->pflags & HTTP1_CHUNKED;
+	if (is_chunked)
+		update_tail(st, io, ret);
+	if ((!is_chunked && st->left >= 0 && st->left <= 0) || (is_chunked && tail_ends_chunked(st->tail)))
+		http1_finish(st, now);
+}
+
 /* Response bytes (written by a server, read by a client). */
 static __always_inline void http1_response_data(struct conn_state *st, struct io_args *io, u64 addr, u64 seglen,
 						u64 ret, u64 now)
@@ -239,23 +268,15 @@ static __always_inline void http1_response_data(struct conn_state *st, struct io
 			return;
 		}
 		scan_head_from(s, 0, n);
-		u32 end = s->ss.end;
-		s64 cl = s->ss.cl;
-		if ((st->pflags & HTTP1_HEAD_REQ) || status == 204 || status == 304) {
-			st->left = 0;
-		} else if (s->ss.chunked) {
-			st->pflags |= HTTP1_CHUNKED;
-		} else if (cl >= 0 && end) {
-			st->left = cl - (s64)(ret - end);
-		} else {
-			st->left = -1;
-			st->close_ends = 1; /* HTTP/1.0 style: the close may complete it */
+		if (!(st->pflags & HTTP1_HEAD_REQ) && status != 204 && status != 304 && !s->ss.end && n == CAP &&
+		    seglen > CAP) {
+			/* The head goes on past this window: scan the rest, a window per tail call. */
+			st->pflags |= HTTP1_LONG_HEAD | (s->ss.chunked ? HTTP1_CHUNKED : 0);
+			st->left = s->ss.cl;
+			st->pending = CAP - HTTP1_HEAD_OVERLAP;
+			return;
 		}
-		int chunked = st->pflags & HTTP1_CHUNKED;
-		if (chunked)
-			update_tail(st, io, ret);
-		if ((!chunked && st->left >= 0 && st->left <= 0) || (chunked && tail_ends_chunked(st->tail)))
-			http1_finish(st, now);
+		http1_head_found(st, io, s->ss.end, s->ss.cl, s->ss.chunked, ret, now);
 		return;
 	}
 	if (st->state == ST_RESPONSE) {
@@ -311,7 +332,8 @@ static __always_inline int http1_request_data(struct conn_state *st, struct io_a
 }
 
 /* The state machine for one read or write the dispatcher handed over (scratch: key, io, now).
- * Returns 1 when a pipelined request may be waiting (TAIL_HTTP1_PIPELINE). */
+ * Returns the next slot: TAIL_HTTP1_HEAD for a head longer than one window, TAIL_HTTP1_PIPELINE when a
+ * pipelined request may be waiting, else 0. */
 static __always_inline int http1_process(void)
 {
 	struct scratch *s = get_scratch();
@@ -340,7 +362,60 @@ static __always_inline int http1_process(void)
 		st->last_resp_ns = now;
 		http1_response_data(st, io, addr, seglen, ret, now);
 	}
-	return (st->pflags & HTTP1_CHECK_PIPELINE) != 0;
+	if (st->pflags & HTTP1_LONG_HEAD)
+		return TAIL_HTTP1_HEAD;
+	return st->pflags & HTTP1_CHECK_PIPELINE ? TAIL_HTTP1_PIPELINE : 0;
+}
+
+/* One more window of a long response head, from the same write (scratch: key, io, now). */
+static __always_inline int http1_head_step(void)
+{
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	struct conn_key key = s->key;
+	struct conn_state *st = conns.lookup(&key);
+	if (!st || !(st->pflags & HTTP1_LONG_HEAD))
+		return 0;
+	struct io_args *io = &s->io;
+	u64 ret = io->ret;
+	u64 addr = 0, seglen = 0;
+	if (first_segment(io, &addr, &seglen, ret) || !addr)
+		return 0;
+	u32 start = st->pending;
+	u32 window = (start / (CAP - HTTP1_HEAD_OVERLAP)) + 1;
+	if (start >= seglen || window >= HTTP1_HEAD_WINDOWS) {
+		/* Longer than we scan: end it like a response without a length. */
+		st->pflags &= ~HTTP1_LONG_HEAD;
+		http1_head_found(st, io, 0, -1, 0, ret, s->now);
+		return 0;
+	}
+	u64 n = seglen - start > CAP ? CAP : seglen - start;
+	barrier_var(n);
+	if (n > CAP)
+		n = CAP;
+	if (bpf_probe_read_user(s->buf, n, (void *)(addr + start))) {
+		count(OTELBPF_STAT_READ_FAULTS);
+		return 0;
+	}
+	scan_head_from(s, 0, n);
+	if (s->ss.cl >= 0)
+		st->left = s->ss.cl;
+	if (s->ss.chunked)
+		st->pflags |= HTTP1_CHUNKED;
+	if (s->ss.end) {
+		st->pflags &= ~HTTP1_LONG_HEAD;
+		http1_head_found(st, io, start + s->ss.end, st->left, st->pflags & HTTP1_CHUNKED, ret, s->now);
+		return st->pflags & HTTP1_CHECK_PIPELINE ? TAIL_HTTP1_PIPELINE : 0;
+	}
+	if (n < CAP) {
+		/* The write ended inside the head; its rest comes in a later write, which is not scanned. */
+		st->pflags &= ~HTTP1_LONG_HEAD;
+		http1_head_found(st, io, 0, -1, 0, ret, s->now);
+		return 0;
+	}
+	st->pending = start + CAP - HTTP1_HEAD_OVERLAP;
+	return TAIL_HTTP1_HEAD;
 }
 
 /* After a response completed: start the next pipelined request if one is captured. */
@@ -359,7 +434,7 @@ static __always_inline void http1_check_pipeline(void)
 
 static __always_inline int http1_step(void)
 {
-	return http1_process() ? TAIL_HTTP1_PIPELINE : 0;
+	return http1_process();
 }
 
 static __always_inline int http1_pipeline_step(void)
@@ -370,3 +445,4 @@ static __always_inline int http1_pipeline_step(void)
 
 TAIL_PROGRAMS(http1, http1_step)
 TAIL_PROGRAMS(http1_pipeline, http1_pipeline_step)
+TAIL_PROGRAMS(http1_head, http1_head_step)

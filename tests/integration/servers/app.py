@@ -12,6 +12,7 @@ Routes (GET unless noted):
   /missing     404 (so is any unknown path)
   /close       reads the request, then closes the connection without responding
   /slow        200 after sleeping 50 ms
+  /bighead     200 with a head of about 4 KiB (60 headers), Content-Length last of them
   POST <any>   reads the Content-Length body, 200
 """
 
@@ -73,6 +74,14 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(500, b"boom\n")
         elif path == "/close":
             self.close_connection = True  # no response at all
+        elif path == "/bighead":
+            body = b"big head\n"
+            self.send_response(200)
+            for i in range(60):
+                self.send_header(f"X-Filler-{i:02d}", "f" * 48)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()  # the whole head in one write, longer than the kernel's capture window
+            self.wfile.write(body)
         elif path == "/slow":
             time.sleep(0.05)
             self._reply(200, b"slow\n")
