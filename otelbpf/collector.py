@@ -24,6 +24,8 @@ class KernelSource(Protocol):
 
     def read_stats(self) -> dict[str, int]: ...
 
+    def in_flight_requests(self) -> int: ...
+
 
 @dataclass
 class Summary:
@@ -65,6 +67,7 @@ LOSS_REASONS = {
     "export_failed": "export failed after retries",
     "shutdown": "unexported at shutdown",
     "malformed": "malformed kernel records",
+    "evicted": "evicted in flight (connection table full)",
 }
 
 
@@ -219,8 +222,13 @@ class Collector:
             LOSS_REASONS["malformed"]: self.malformed,
         }
         finished = kernel.get("events", 0) + kernel.get("lost_ringbuf_full", 0) + kernel.get("sampled_out", 0)
+        unfinished = max(0, kernel.get("requests", 0) - finished)
+        # A request neither finished nor still in the table was evicted with its connection's state
+        # (the LRU table was full): the kernel cannot count that itself, so it is counted here.
+        in_flight = min(unfinished, self._source.in_flight_requests()) if unfinished else 0
+        lost[LOSS_REASONS["evicted"]] = unfinished - in_flight
         notes = {
-            "requests unfinished at exit": max(0, kernel.get("requests", 0) - finished),
+            "requests unfinished at exit": in_flight,
             "responses with no tracked request": kernel.get("orphan_responses", 0),
             "requests with unparsable heads": self._builder.stats.unparsed_requests,
             "records without a span (handshakes, prepare-only round trips)": self._builder.stats.no_span,

@@ -315,6 +315,11 @@ class KernelProbes:
             out[name] = int(sum(values))
         return out
 
+    def in_flight_requests(self) -> int:
+        """Requests the connection table holds in flight now (read once, at exit: it walks the table)."""
+        # enum conn_state_kind: ST_REQUEST = 1, ST_RESPONSE = 2.
+        return sum(1 for _, st in self._bpf["conns"].items() if st.state in (1, 2))
+
     def close(self) -> None:
         """Detach and unload everything."""
         bpf, self._bpf = getattr(self, "_bpf", None), None

@@ -6,8 +6,10 @@ mid-request) run over plain HTTP and over TLS alike: the ``app`` fixture gives e
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from tests.integration.helpers import (
     raw_client,
     run_both_traced,
     settle,
+    wait_idle,
 )
 
 pytestmark = pytest.mark.integration
@@ -146,6 +149,29 @@ def test_a_response_head_longer_than_the_capture_is_still_delimited(py_server, o
         assert s.attributes["http.response.size"] > 3500
         assert s.status_code == STATUS_UNSET
     assert_summary(res, requests=N, exported=N)
+
+
+def test_requests_evicted_in_flight_from_a_full_connection_table_are_counted_as_lost(py_server, otelbpf, receiver):
+    """A connection table of 8 entries and 47 connections each waiting on /slow at once: the states the LRU
+    table evicts take their requests with them, and every one of those is counted as lost."""
+    run = otelbpf("--pid", str(py_server.pid), "--max-connections", "8", receiver=receiver)
+
+    def fetch(_: int) -> bytes:
+        with urllib.request.urlopen(py_server.url("/slow"), timeout=10) as resp:
+            return resp.read()
+
+    with concurrent.futures.ThreadPoolExecutor(47) as pool:
+        assert list(pool.map(fetch, range(47))) == [b"slow\n"] * 47
+    wait_idle(py_server.pid)
+    res = run.stop()
+    assert res.returncode == 0, res.stderr
+    s = res.summary
+    evicted = s["evicted in flight (connection table full)"]
+    assert evicted > 0, res.stderr
+    assert s["spans exported"] + evicted == s["requests seen"], res.stderr
+    assert s["events lost"] == evicted
+    assert s.get("requests unfinished at exit", 0) == 0
+    assert len(receiver.spans()) == s["spans exported"]
 
 
 def test_chunked_and_split_responses(app, otelbpf, receiver, tmp_path):
