@@ -75,6 +75,7 @@ def trees(spans) -> dict[str, list]:
     ("path", "children"),
     [
         ("/item/", [("postgresql", "SELECT items"), ("redis", "SET")]),
+        ("/item3/", [("postgresql", "SELECT items")]),
         ("/stock/", [("mysql", "SELECT items")]),
         ("/all/", [("postgresql", "SELECT items"), ("redis", "SET"), ("mysql", "SELECT items")]),
     ],

@@ -63,8 +63,8 @@ def assert_redis_span(span, server: Redis, **expected) -> None:
     assert "secret-value" not in " ".join(all_values(span))
 
 
-def redis_py(server: Redis, scenario: str, n: int = N) -> PausedClient:
-    return PausedClient(argv=[PYTHON, str(CLIENTS / "db_client.py"), "redis", server.url(), scenario, str(n)])
+def redis_py(server: Redis, scenario: str, n: int = N, driver: str = "redis") -> PausedClient:
+    return PausedClient(argv=[PYTHON, str(CLIENTS / "db_client.py"), driver, server.url(), scenario, str(n)])
 
 
 def test_one_span_per_command_with_the_key_shape_only(redis_db, otelbpf, receiver):
@@ -111,6 +111,28 @@ def test_error_replies_are_error_spans(redis_db, otelbpf, receiver):
             },
         )
     assert_summary(res, requests=4, exported=4)
+
+
+@pytest.mark.parametrize("driver", ["redis", "redis-resp3"])
+def test_aggregate_and_null_replies_in_resp2_and_resp3(redis_db, otelbpf, receiver, driver):
+    """Maps, sets, doubles and nulls (RESP3 types with HELLO 3): each command's replies end its span."""
+    client = redis_py(redis_db, "mixed", 3, driver)
+    results, res, t0, t1 = traced(client, otelbpf, receiver, len(["HSET", "SADD", "ZADD"]) + 4 * 3)
+    spans = by_pid(receiver.spans(), client.pid)
+    assert [s.name for s in spans] == results["calls"]
+    shapes = {
+        "HSET": "HSET user:?:profile ? ? ? ?",
+        "SADD": "SADD tags:? ? ?",
+        "ZADD": "ZADD scores ? ?",
+        "HGETALL": "HGETALL user:?:profile",
+        "SMEMBERS": "SMEMBERS tags:?",
+        "ZSCORE": "ZSCORE scores ?",
+        "GET": "GET missing:?",
+    }
+    for s in spans:
+        assert s.status_code == 0
+        assert_redis_span(s, redis_db, **{"db.operation.name": s.name, "db.query.text": shapes[s.name]})
+    assert_summary(res, requests=len(spans), exported=len(spans))
 
 
 def test_redis_cli_started_under_otelbpf(redis_db, otelbpf, receiver):

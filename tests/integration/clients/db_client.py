@@ -26,10 +26,11 @@ def connect(driver: str, dsn: str):
         import psycopg
 
         return psycopg.connect(dsn, autocommit=True)
-    if driver == "redis":
+    if driver in ("redis", "redis-resp3"):
         import redis
 
-        conn = redis.Redis.from_url(dsn, protocol=3 if "protocol=3" in dsn else 2)
+        # RESP3: HELLO 3 goes out as the connection opens, so the traced replies are RESP3 types.
+        conn = redis.Redis.from_url(dsn, protocol=3 if driver == "redis-resp3" else 2)
         conn.ping()  # connect now, before the tracer starts
         return conn
     if driver == "pymysql":
@@ -55,6 +56,17 @@ def redis_scenario(conn, scenario: str, n: int) -> tuple[list[str], int]:
         for i in range(n):
             conn.set(f"user:{1000 + i}", f"secret-value-{i}")
             calls.append("SET")
+    elif scenario == "mixed":
+        # Replies of several RESP3 types: a map (HGETALL), a set (SMEMBERS), a double (ZSCORE), null (GET).
+        conn.hset("user:42:profile", mapping={"name": "secret-value-a", "city": "secret-value-b"})
+        conn.sadd("tags:7", "secret-value-c", "secret-value-d")
+        conn.zadd("scores", {"secret-value-e": 1.5})
+        for _ in range(n):
+            conn.hgetall("user:42:profile")
+            conn.smembers("tags:7")
+            conn.zscore("scores", "secret-value-e")
+            conn.get("missing:1")
+        calls += ["HSET", "SADD", "ZADD"] + ["HGETALL", "SMEMBERS", "ZSCORE", "GET"] * n
     elif scenario == "pipeline":
         pipe = conn.pipeline(transaction=False)
         for i in range(n):
@@ -148,7 +160,7 @@ def main() -> None:
     conn = connect(driver, dsn)
     print("paused", flush=True)
     sys.stdin.readline()
-    if driver == "redis":
+    if driver in ("redis", "redis-resp3"):
         calls, errors = redis_scenario(conn, scenario, n)
     elif driver in ("pymysql", "mysql-connector"):
         calls, errors = mysql_scenario(conn, scenario, n)

@@ -7,7 +7,8 @@ one), so the connections predate the tracer. Serves
 Werkzeug's threaded server on 127.0.0.1 and prints "PORT <n>" once listening.
 
 Routes (GET):
-  /item/<id>   PostgreSQL SELECT, then Redis SET of the cached name
+  /item/<id>   PostgreSQL SELECT (psycopg2), then Redis SET of the cached name
+  /item3/<id>  PostgreSQL SELECT with psycopg 3 (extended protocol)
   /stock/<id>  MariaDB SELECT
   /all/<id>    all three, in that order: PostgreSQL, Redis, MariaDB
 """
@@ -18,6 +19,7 @@ import socket
 import sys
 import threading
 
+import psycopg
 import psycopg2
 import pymysql
 import redis
@@ -27,6 +29,7 @@ from werkzeug.serving import make_server
 pg_dsn, redis_url, mysql_dsn = sys.argv[1:4]
 pg = psycopg2.connect(pg_dsn)
 pg.autocommit = True
+pg3 = psycopg.connect(pg_dsn, autocommit=True)
 cache = redis.Redis.from_url(redis_url)
 cache.ping()
 host, port, database = mysql_dsn.split(":")
@@ -59,6 +62,15 @@ def item_route(item: int) -> str:
     name = pg_item(item)
     cache_name(item, name)
     return name
+
+
+@app.get("/item3/<int:item>")
+def item3_route(item: int) -> str:
+    # psycopg 3: the extended protocol, the value bound on the server.
+    with lock, pg3.cursor() as cur:
+        cur.execute("SELECT name FROM items WHERE id = %s", (item,))
+        row = cur.fetchone()
+    return row[0] if row else ""
 
 
 @app.get("/stock/<int:item>")
