@@ -14,7 +14,6 @@ from otelbpf.correlate import SpanBuilder, UnknownProtocol
 from otelbpf.events import EVENT_PROCESS, DecodeError, decode, decode_process
 from otelbpf.export import BatchQueue
 from otelbpf.linking import TraceLinker
-from otelbpf.ringbuf import RingBufferReader
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +24,14 @@ class KernelSource(Protocol):
     def read_stats(self) -> dict[str, int]: ...
 
     def in_flight_requests(self) -> int: ...
+
+
+class RecordReader(Protocol):
+    """Where records come from: the kernel's ring buffer (ringbuf.RingBufferReader), or a recording."""
+
+    def drain(self, limit: int) -> list[bytes]: ...
+
+    def wait(self, timeout_s: float) -> None: ...
 
 
 @dataclass
@@ -77,7 +84,7 @@ class Collector:
     def __init__(
         self,
         source: KernelSource,
-        reader: RingBufferReader,
+        reader: RecordReader,
         builder: SpanBuilder,
         queue: BatchQueue,
         capture_bytes: int,
@@ -86,6 +93,8 @@ class Collector:
         max_batch: int = 8192,
         periodic: list[tuple[float, Callable[[], None]]] | None = None,
         linker: TraceLinker | None = None,
+        tap: Callable[[list[bytes]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._reader = reader
@@ -99,6 +108,9 @@ class Collector:
         self._periodic = periodic or []
         # None: spans go straight out, each its own trace unless it carried a traceparent.
         self._linker = linker
+        # Recording: sees each drained batch first; ``clock`` gives the linker's "now" (record and replay swap it).
+        self._tap = tap
+        self._clock = clock
         self.spans_built = 0
         # Spans per process since the load governor last looked: which processes to watch.
         self.active_pids: Counter[int] = Counter()
@@ -110,11 +122,13 @@ class Collector:
         records = self._reader.drain(self._max_batch)
         if not records:
             return 0
+        if self._tap is not None:
+            self._tap(records)
         spans = []
         pids = []
         build = self._builder.build
         linker = self._linker
-        now = time.monotonic()
+        now = self._clock()
         for raw in records:
             try:
                 if raw[0] == EVENT_PROCESS:
@@ -157,7 +171,7 @@ class Collector:
         """Send the trees the linker is done holding (all of them when flushing)."""
         if self._linker is None:
             return
-        now = time.monotonic()
+        now = self._clock()
         ready = self._linker.flush(now) if flush else self._linker.take_ready(now)
         if ready:
             self._queue.submit(ready)
