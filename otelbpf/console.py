@@ -133,7 +133,7 @@ class ConsolePrinter:
     def _label(self, span: Span, prefix: str, parent_not_shown: bool) -> list[tuple[str, str]]:
         """The label column as (text, color) segments: widths come from the text, colour is optional."""
         segments = [("  ", ""), (prefix, _DIM), (span.kind.name, _KIND_COLOR.get(span.kind, "")), (" " + span.name, "")]
-        attrs = span.attributes
+        attrs = span.all_attributes()
         code = attrs.get("http.response.status_code")
         if code is not None:
             color = _GREEN

@@ -15,11 +15,11 @@ import socket
 
 from otelbpf.clock import ClockMap
 from otelbpf.events import RequestEvent
-from otelbpf.protocols.base import BuildStats, Endpoints
+from otelbpf.protocols.base import BuildStats, Endpoints, Template, TemplatedSpans
 from otelbpf.protocols.http1 import split_host
 from otelbpf.protocols.registry import ProtocolOptions, protocol_modules
 from otelbpf.resources import ResourceCache
-from otelbpf.spans import Span
+from otelbpf.spans import AttributeBlock, AttributeValue, Span
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +43,44 @@ __all__ = ["BuildStats", "IdGenerator", "SpanBuilder", "format_address", "split_
 
 
 class IdGenerator:
-    """Random W3C trace and span ids (never all-zero), from a generator seeded by the OS."""
+    """Random W3C trace and span ids (never all-zero), from a generator seeded by the OS.
+
+    Ids are cut from a block of random bytes drawn once per few thousand ids: one getrandbits call
+    and a slice each, instead of a call and an int conversion per id.
+    """
+
+    _BLOCK = 8 * 4096
 
     def __init__(self, seed: int | None = None) -> None:
         self._rng = random.Random(seed if seed is not None else random.SystemRandom().getrandbits(64))
+        self._pool = b""
+        self._pos = 0
+
+    def _take(self, n: int) -> bytes:
+        pos = self._pos
+        if pos + n > len(self._pool):
+            self._pool = self._rng.getrandbits(self._BLOCK * 8).to_bytes(self._BLOCK, "big")
+            pos = 0
+        self._pos = pos + n
+        return self._pool[pos : pos + n]
 
     def trace_id(self) -> bytes:
         """A new 16-byte trace id."""
         while True:
-            value = self._rng.getrandbits(128)
-            if value:
-                return value.to_bytes(16, "big")
+            value = self._take(16)
+            if value != _ZERO16:
+                return value
 
     def span_id(self) -> bytes:
         """A new 8-byte span id."""
         while True:
-            value = self._rng.getrandbits(64)
-            if value:
-                return value.to_bytes(8, "big")
+            value = self._take(8)
+            if value != _ZERO8:
+                return value
+
+
+_ZERO16 = bytes(16)
+_ZERO8 = bytes(8)
 
 
 class UnknownProtocol(ValueError):
@@ -77,6 +97,7 @@ class SpanBuilder:
         ids: IdGenerator | None = None,
         capture_query: bool = False,
         raw_db_query_text: bool = False,
+        max_templates: int = 4096,
     ) -> None:
         self.resources = resources
         self.clock = clock
@@ -84,12 +105,17 @@ class SpanBuilder:
         self.stats = BuildStats()
         options = ProtocolOptions(capture_query=capture_query, raw_db_query_text=raw_db_query_text)
         self._protocols = protocol_modules(self.stats, options)
+        self._templated = {type(m) for m in self._protocols.values() if hasattr(m, "template")}
+        self._templates: dict[tuple[object, ...], Template] = {}
+        self._max_templates = max_templates
 
     def build(self, ev: RequestEvent) -> Span | None:
         """The span for one kernel event; None for a record that carries no operation (a handshake)."""
         module = self._protocols.get(ev.protocol)
         if module is None:
             raise UnknownProtocol(f"no module for protocol {ev.protocol}")
+        if module.__class__ in self._templated:
+            return self._from_template(module, ev)
         local = format_address(ev.family, ev.local_addr)
         peer = format_address(ev.family, ev.peer_addr)
         op = module.describe(ev, Endpoints(local, peer))
@@ -97,15 +123,7 @@ class SpanBuilder:
             self.stats.no_span += 1
             return None
         attrs = op.attributes
-        attrs["network.transport"] = "tcp"
-        if ev.family in (_AF_INET, _AF_INET6):
-            attrs["network.type"] = "ipv6" if ev.family == _AF_INET6 and local and ":" in local else "ipv4"
-        if peer:
-            attrs["network.peer.address"] = peer
-            attrs["network.peer.port"] = ev.peer_port
-        if local:
-            attrs["network.local.address"] = local
-            attrs["network.local.port"] = ev.local_port
+        attrs.update(_network(ev, local, peer))
         attrs["thread.id"] = ev.tid
         parent = op.parent
         return Span(
@@ -122,3 +140,44 @@ class SpanBuilder:
             status=op.status,
             status_message=op.status_message,
         )
+
+    def _from_template(self, module: TemplatedSpans, ev: RequestEvent) -> Span:
+        # Everything but the outcome is a function of the connection and the request bytes.
+        key = (ev.sock_id, ev.pid, ev.role, ev.tls, ev.family, ev.local_addr, ev.peer_addr,
+               ev.local_port, ev.peer_port, ev.req_offset, ev.req)  # fmt: skip
+        t = self._templates.get(key)
+        if t is None:
+            local = format_address(ev.family, ev.local_addr)
+            peer = format_address(ev.family, ev.peer_addr)
+            t = module.template(ev, Endpoints(local, peer))
+            t.attributes.update(_network(ev, local, peer))
+            t.shared = AttributeBlock(t.attributes)
+            if t.cacheable:
+                if len(self._templates) >= self._max_templates:
+                    self._templates.clear()  # bounded; refilled by the requests that repeat
+                self._templates[key] = t
+        attrs, status, message = module.finish(ev, t)
+        attrs["thread.id"] = ev.tid
+        parent = t.parent
+        offset = self.clock.offset_ns
+        if parent is None:
+            return Span(self._ids.trace_id(), self._ids.span_id(), t.name, t.kind, ev.start_ns + offset,
+                        ev.end_ns + offset, self.resources.get(ev.pid, ev.comm), attrs, None, status, message,
+                        "", [], t.shared)  # fmt: skip
+        return Span(parent.trace_id, self._ids.span_id(), t.name, t.kind, ev.start_ns + offset, ev.end_ns + offset,
+                    self.resources.get(ev.pid, ev.comm), attrs, parent.span_id, status, message,
+                    parent.trace_state, [], t.shared)  # fmt: skip
+
+
+def _network(ev: RequestEvent, local: str | None, peer: str | None) -> dict[str, AttributeValue]:
+    """The connection's network attributes, whatever the protocol."""
+    attrs: dict[str, AttributeValue] = {"network.transport": "tcp"}
+    if ev.family in (_AF_INET, _AF_INET6):
+        attrs["network.type"] = "ipv6" if ev.family == _AF_INET6 and local and ":" in local else "ipv4"
+    if peer:
+        attrs["network.peer.address"] = peer
+        attrs["network.peer.port"] = ev.peer_port
+    if local:
+        attrs["network.local.address"] = local
+        attrs["network.local.port"] = ev.local_port
+    return attrs

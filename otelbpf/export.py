@@ -90,7 +90,7 @@ def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServ
                 start_time_unix_nano=s.start_ns,
                 end_time_unix_nano=s.end_ns,
                 trace_state=s.trace_state,
-                attributes=_key_values(s.attributes.items()),
+                attributes=_key_values(s.all_attributes().items()),
             )
             for link in s.links:
                 pb.links.add(

@@ -12,13 +12,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from otelbpf.spans import AttributeValue, Resource, Span, SpanLink, StatusCode
+from otelbpf.spans import AttributeBlock, AttributeValue, Resource, Span, SpanLink, StatusCode
 
 _CACHE_MAX = 8192
 _kv_cache: dict[tuple[object, ...], bytes] = {}
 _resource_cache: dict[Resource, bytes] = {}
-_fixed64 = struct.Struct("<Q").pack
+_head_cache: dict[tuple[str, int], bytes] = {}
+# start_time_unix_nano (7) and end_time_unix_nano (8): tag byte, fixed64, tag byte, fixed64.
+_times = struct.Struct("<BQBQ").pack
 _double = struct.Struct("<d").pack
+
+
+_LEN1 = [bytes((i,)) for i in range(0x80)]
 
 
 def _varint(value: int) -> bytes:
@@ -26,7 +31,9 @@ def _varint(value: int) -> bytes:
     if value < 0:
         value += 1 << 64
     if value < 0x80:
-        return bytes((value,))
+        return _LEN1[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -83,6 +90,14 @@ def _resource(resource: Resource) -> bytes:
     return pb
 
 
+def _shared(block: AttributeBlock) -> bytes:
+    """A shared block's Span.attributes fields, encoded on first use and kept on the block."""
+    wire = block.wire
+    if wire is None:
+        wire = block.wire = _attributes(9, block.items.items())
+    return wire
+
+
 def _links(links: Sequence[SpanLink]) -> bytes:
     """Repeated ``Span.links`` (13); Link fields: trace_id=1, span_id=2, trace_state=3, attributes=4."""
     out = []
@@ -96,32 +111,36 @@ def _links(links: Sequence[SpanLink]) -> bytes:
     return b"".join(out)
 
 
+def _head(name: str, kind: int) -> bytes:
+    """Span.name (5) and Span.kind (6), encoded once per distinct pair."""
+    key = (name, kind)
+    head = _head_cache.get(key)
+    if head is None:
+        encoded = name.encode("utf-8", "replace")
+        head = b"\x2a" + _varint(len(encoded)) + encoded + b"\x30" + _varint(kind)
+        if len(_head_cache) >= _CACHE_MAX:
+            _head_cache.clear()
+        _head_cache[key] = head
+    return head
+
+
 def _span(s: Span) -> bytes:
-    parts = [
-        b"\x0a",
-        _varint(len(s.trace_id)),
-        s.trace_id,
-        b"\x12",
-        _varint(len(s.span_id)),
-        s.span_id,
-    ]
+    trace_id, span_id = s.trace_id, s.span_id
+    # Ids are 16 and 8 bytes, so their tag and length bytes are constants.
+    if len(trace_id) == 16 and len(span_id) == 8:
+        parts = [b"\x0a\x10", trace_id, b"\x12\x08", span_id]
+    else:
+        parts = [_field(1, trace_id), _field(2, span_id)]
     if s.trace_state:
         parts.append(_field(3, s.trace_state.encode()))
     if s.parent_span_id:
         parts.append(_field(4, s.parent_span_id))
-    name = s.name.encode("utf-8", "replace")
-    parts += [
-        b"\x2a",
-        _varint(len(name)),
-        name,
-        b"\x30",
-        _varint(int(s.kind)),
-        b"\x39",
-        _fixed64(s.start_ns),
-        b"\x41",
-        _fixed64(s.end_ns),
-        _attributes(9, s.attributes.items()),
-    ]
+    parts.append(_head_cache.get((s.name, s.kind)) or _head(s.name, s.kind))
+    parts.append(_times(0x39, s.start_ns, 0x41, s.end_ns))
+    if s.shared is not None:
+        parts.append(s.shared.wire or _shared(s.shared))
+    if s.attributes:
+        parts.append(_attributes(9, s.attributes.items()))
     if s.links:  # rare: most spans pay only this truth test
         parts.append(_links(s.links))
     if s.status != StatusCode.UNSET or s.status_message:
@@ -139,11 +158,13 @@ def encode_export_request(spans: Sequence[Span], scope_name: str, scope_version:
     by_resource: dict[Resource, list[bytes]] = {}
     for s in spans:
         encoded = _span(s)
+        n = len(encoded)  # ScopeSpans.spans (2): tag, length, span
+        field = b"\x12" + _varint(n) + encoded
         group = by_resource.get(s.resource)
         if group is None:
-            by_resource[s.resource] = [_varint(2 << 3 | 2) + _varint(len(encoded)) + encoded]
+            by_resource[s.resource] = [field]
         else:
-            group.append(_varint(2 << 3 | 2) + _varint(len(encoded)) + encoded)
+            group.append(field)
     scope = _field(1, _field(1, scope_name.encode()) + _field(2, scope_version.encode()))
     out = []
     for resource, encoded_spans in by_resource.items():

@@ -58,6 +58,23 @@ class SpanLink:
     attributes: tuple[tuple[str, AttributeValue], ...] = ()
 
 
+class AttributeBlock:
+    """Attributes shared by many spans (one connection's, one request head's), built once and never changed.
+
+    The OTLP encoder keeps the block's encoded bytes in ``wire`` after its first use, so a span that
+    shares a block pays for its own attributes only.
+    """
+
+    __slots__ = ("items", "wire")
+
+    def __init__(self, items: dict[str, AttributeValue]) -> None:
+        self.items = items  # read-only by contract: spans share it
+        self.wire: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"AttributeBlock({self.items!r})"
+
+
 @dataclass(slots=True)
 class Span:
     """One finished operation. Times are Unix epoch nanoseconds (already mapped from kernel time)."""
@@ -75,6 +92,15 @@ class Span:
     status_message: str = ""
     trace_state: str = ""
     links: list[SpanLink] = field(default_factory=list)
+    # Attributes this span shares with others (its connection's, its request head's); ``attributes``
+    # holds only its own. The two never have a key in common (OTLP keys are unique).
+    shared: AttributeBlock | None = None
+
+    def all_attributes(self) -> dict[str, AttributeValue]:
+        """Shared and own attributes together, as the backend sees them."""
+        if self.shared is None:
+            return self.attributes
+        return {**self.shared.items, **self.attributes}
 
     @property
     def duration_ns(self) -> int:

@@ -35,6 +35,24 @@ class Operation:
     parent: TraceParent | None = None  # a caller's context carried in the request (W3C traceparent)
 
 
+@dataclass(slots=True)
+class Template:
+    """What one request head on one connection gives every span it starts: everything but the outcome.
+
+    A protocol whose spans are a pure function of (connection, request bytes) and the record's outcome
+    fields (status, sizes, end, flags) offers templates; the span builder caches them, so a repeated
+    request (keep-alive clients, health checks, polling) costs a lookup instead of a parse.
+    """
+
+    name: str
+    kind: SpanKind
+    attributes: dict[str, AttributeValue]  # constant: shared by every span made from this template
+    parent: TraceParent | None = None  # a caller's context carried in the request (W3C traceparent)
+    flags: int = 0  # the protocol's own facts about the request, for finish()
+    cacheable: bool = True  # False: never repeats (it carries a per-request traceparent)
+    shared: object = None  # the builder's AttributeBlock for these attributes (set on first use)
+
+
 @dataclass
 class BuildStats:
     """What the protocol modules saw that did not parse cleanly (reported, never silent)."""
@@ -49,3 +67,11 @@ class ProtocolSpans(Protocol):
     """A protocol's user-space module, as the span builder calls it."""
 
     def describe(self, ev: RequestEvent, endpoints: Endpoints) -> Operation | None: ...
+
+
+class TemplatedSpans(Protocol):
+    """A protocol module whose spans come from a cacheable template plus the record's outcome."""
+
+    def template(self, ev: RequestEvent, endpoints: Endpoints) -> Template: ...
+
+    def finish(self, ev: RequestEvent, template: Template) -> tuple[dict[str, AttributeValue], StatusCode, str]: ...

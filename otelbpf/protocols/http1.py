@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from otelbpf import events
 from otelbpf.events import RequestEvent
 from otelbpf.propagation import parse_traceparent
-from otelbpf.protocols.base import BuildStats, Endpoints, Operation
+from otelbpf.protocols.base import BuildStats, Endpoints, Operation, Template
 from otelbpf.protocols.route import KNOWN_METHODS, span_name
 from otelbpf.spans import AttributeValue, SpanKind, StatusCode
 
@@ -38,6 +38,11 @@ _H_TRACEPARENT = b"\ntraceparent:"
 _H_TRACESTATE = b"\ntracestate:"
 _H_CONTENT_LENGTH = b"\ncontent-length:"
 _H_TRANSFER_ENCODING = b"\ntransfer-encoding:"
+
+# Template.flags: what the head said, counted in BuildStats each time the template is used.
+_UNPARSED = 1
+_TRACEPARENT_OK = 2
+_TRACEPARENT_BAD = 4
 
 
 @dataclass(slots=True)
@@ -275,10 +280,15 @@ class HttpSpans:
         return name
 
     def describe(self, ev: RequestEvent, endpoints: Endpoints) -> Operation:
-        """The operation for one HTTP/1.x request record."""
+        """The operation for one HTTP/1.x request record (template and outcome together)."""
+        t = self.template(ev, endpoints)
+        attrs, status, message = self.finish(ev, t)
+        return Operation(t.name, t.kind, {**t.attributes, **attrs}, status, message, t.parent)
+
+    def template(self, ev: RequestEvent, endpoints: Endpoints) -> Template:
+        """What the request head and the connection say: the same for every repeat of this head here."""
         head = parse_request(ev.req, ev.req_offset) if ev.req_offset < len(ev.req) else None
-        if head is None:
-            self.stats.unparsed_requests += 1
+        flags = 0 if head else _UNPARSED
         server = ev.role == events.ROLE_SERVER
         attrs: dict[str, AttributeValue] = {}
         method = head.method if head else "_OTHER"
@@ -311,8 +321,6 @@ class HttpSpans:
             if peer:
                 attrs["client.address"] = peer
                 attrs["client.port"] = ev.peer_port
-            attrs["http.request.size"] = ev.bytes_in
-            attrs["http.response.size"] = ev.bytes_out
         else:
             server_addr = host or peer or ""
             server_port = host_port if host_port is not None else ev.peer_port
@@ -325,8 +333,36 @@ class HttpSpans:
                     authority += f":{server_port}"
                 query = f"?{head.query}" if head.query is not None and self._capture_query else ""
                 attrs["url.full"] = f"{scheme}://{authority}{head.path}{query}"
-            attrs["http.request.size"] = ev.bytes_out
-            attrs["http.response.size"] = ev.bytes_in
+        parent = None
+        if server and head and head.traceparent:
+            # The caller was traced (an SDK, or a tracer on another host): continue its trace.
+            parent = parse_traceparent(head.traceparent, head.tracestate)
+            flags |= _TRACEPARENT_BAD if parent is None else _TRACEPARENT_OK
+        return Template(
+            self._name(method, head.path if head else None),
+            SpanKind.SERVER if server else SpanKind.CLIENT,
+            attrs,
+            parent,
+            flags,
+            # A traceparent differs on every request: caching it would only evict useful templates.
+            cacheable=head is None or head.traceparent is None,
+        )
+
+    def finish(self, ev: RequestEvent, t: Template) -> tuple[dict[str, AttributeValue], StatusCode, str]:
+        """The span's own attributes and status: what the response and the record's counters say."""
+        flags = t.flags
+        if flags:  # counted per request, whether the template was made now or cached
+            if flags & _UNPARSED:
+                self.stats.unparsed_requests += 1
+            if flags & _TRACEPARENT_BAD:
+                self.stats.invalid_traceparents += 1
+            elif flags & _TRACEPARENT_OK:
+                self.stats.traceparents += 1
+        server = ev.role == events.ROLE_SERVER
+        if server:
+            attrs: dict[str, AttributeValue] = {"http.request.size": ev.bytes_in, "http.response.size": ev.bytes_out}
+        else:
+            attrs = {"http.request.size": ev.bytes_out, "http.response.size": ev.bytes_in}
         if ev.status:
             attrs["http.response.status_code"] = ev.status
         status, message = _status(ev, server)
@@ -334,23 +370,9 @@ class HttpSpans:
             attrs["error.type"] = str(ev.status) if message == "" else "connection_closed"
         if ev.flags & events.FLAG_PIPELINED:
             attrs["otelbpf.http.pipelined"] = True
-        parent = None
-        if server and head and head.traceparent:
-            # The caller was traced (an SDK, or a tracer on another host): continue its trace.
-            parent = parse_traceparent(head.traceparent, head.tracestate)
-            if parent is None:
-                self.stats.invalid_traceparents += 1
-            else:
-                self.stats.traceparents += 1
-                attrs["otelbpf.parent.source"] = "traceparent"
-        return Operation(
-            name=self._name(method, head.path if head else None),
-            kind=SpanKind.SERVER if server else SpanKind.CLIENT,
-            attributes=attrs,
-            status=status,
-            status_message=message,
-            parent=parent,
-        )
+        if flags & _TRACEPARENT_OK:
+            attrs["otelbpf.parent.source"] = "traceparent"
+        return attrs, status, message
 
 
 def _status(ev: RequestEvent, server: bool) -> tuple[StatusCode, str]:

@@ -47,7 +47,7 @@ def test_server_span_exact(builder: SpanBuilder) -> None:
     assert span.kind is SpanKind.SERVER
     assert span.start_ns == OFFSET + 1_000 and span.end_ns == OFFSET + 5_000
     assert span.status is StatusCode.UNSET
-    assert span.attributes == {
+    assert span.all_attributes() == {
         "http.request.method": "GET",
         "url.path": "/users/123/orders",
         "url.scheme": "http",
@@ -75,7 +75,7 @@ def test_server_span_exact(builder: SpanBuilder) -> None:
 def test_query_only_when_asked() -> None:
     b = SpanBuilder(ResourceCache(env={}), FixedClock(), capture_query=True)
     span = b.build(event(CURL))
-    assert span.attributes["url.query"] == "token=SECRET"
+    assert span.all_attributes()["url.query"] == "token=SECRET"
     assert span.name == "GET /users/{id}/orders"
 
 
@@ -84,19 +84,19 @@ def test_client_span_url_full_and_sizes(builder: SpanBuilder) -> None:
     span = builder.build(event(req, role=events.ROLE_CLIENT, status=201, local_port=51000, peer_port=9000))
     assert span.kind is SpanKind.CLIENT
     assert span.name == "POST /api/v1/items"
-    assert span.attributes["url.full"] == "http://127.0.0.1:9000/api/v1/items"
-    assert span.attributes["server.address"] == "127.0.0.1"
-    assert span.attributes["server.port"] == 9000
-    assert span.attributes["http.request.size"] == 900  # a client sends the request
-    assert span.attributes["http.response.size"] == 120
-    assert "client.address" not in span.attributes
-    assert "abc" not in repr(span.attributes)
+    assert span.all_attributes()["url.full"] == "http://127.0.0.1:9000/api/v1/items"
+    assert span.all_attributes()["server.address"] == "127.0.0.1"
+    assert span.all_attributes()["server.port"] == 9000
+    assert span.all_attributes()["http.request.size"] == 900  # a client sends the request
+    assert span.all_attributes()["http.response.size"] == 120
+    assert "client.address" not in span.all_attributes()
+    assert "abc" not in repr(span.all_attributes())
 
 
 def test_client_default_port_omitted_from_url(builder: SpanBuilder) -> None:
     span = builder.build(event(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", role=events.ROLE_CLIENT, peer_port=80))
-    assert span.attributes["url.full"] == "http://example.com/"
-    assert span.attributes["server.port"] == 80
+    assert span.all_attributes()["url.full"] == "http://example.com/"
+    assert span.all_attributes()["server.port"] == 80
 
 
 @pytest.mark.parametrize(
@@ -118,22 +118,22 @@ def test_status_rules(
 ) -> None:
     span = builder.build(event(b"GET /x HTTP/1.1\r\n\r\n", role=role, status=status, end=end))
     assert span.status is expected
-    assert span.attributes.get("error.type") == error_type
+    assert span.all_attributes().get("error.type") == error_type
     if status == 0:
-        assert "http.response.status_code" not in span.attributes
+        assert "http.response.status_code" not in span.all_attributes()
 
 
 def test_pipelined_offset(builder: SpanBuilder) -> None:
     req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b/42 HTTP/1.1\r\nHost: x\r\n\r\n"
     span = builder.build(event(req, req_offset=req.index(b"GET /b"), flags=events.FLAG_PIPELINED))
     assert span.name == "GET /b/{id}"
-    assert span.attributes["otelbpf.http.pipelined"] is True
+    assert span.all_attributes()["otelbpf.http.pipelined"] is True
 
 
 def test_unparsable_request_is_still_a_span(builder: SpanBuilder) -> None:
     span = builder.build(event(b"\x16\x03\x01\x02\x00garbage"))
     assert span.name == "HTTP"
-    assert span.attributes["http.request.method"] == "_OTHER"
+    assert span.all_attributes()["http.request.method"] == "_OTHER"
     assert builder.stats.unparsed_requests == 1
 
 
@@ -233,10 +233,10 @@ def test_https_server_span(builder: SpanBuilder) -> None:
     """TLS plaintext gives the same span as plain HTTP, with the https scheme and the library."""
     span = builder.build(event(CURL, tls=events.TLS_OPENSSL))
     plain = builder.build(event(CURL))
-    assert span.attributes["url.scheme"] == "https"
-    assert span.attributes["otelbpf.tls.library"] == "openssl"
-    rest = {k: v for k, v in span.attributes.items() if k not in ("url.scheme", "otelbpf.tls.library")}
-    assert rest == {k: v for k, v in plain.attributes.items() if k != "url.scheme"}
+    assert span.all_attributes()["url.scheme"] == "https"
+    assert span.all_attributes()["otelbpf.tls.library"] == "openssl"
+    rest = {k: v for k, v in span.all_attributes().items() if k not in ("url.scheme", "otelbpf.tls.library")}
+    assert rest == {k: v for k, v in plain.all_attributes().items() if k != "url.scheme"}
     assert span.name == plain.name
     assert "SECRET" not in repr(span)
 
@@ -253,9 +253,9 @@ def test_https_client_url_full(builder: SpanBuilder, host: str, peer_port: int, 
     req = f"GET /v1/x HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     ev = event(req, role=events.ROLE_CLIENT, tls=events.TLS_GNUTLS, local_port=51000, peer_port=peer_port)
     span = builder.build(ev)
-    assert span.attributes["url.full"] == url
-    assert span.attributes["otelbpf.tls.library"] == "gnutls"
-    assert span.attributes["server.port"] == peer_port
+    assert span.all_attributes()["url.full"] == url
+    assert span.all_attributes()["otelbpf.tls.library"] == "gnutls"
+    assert span.all_attributes()["server.port"] == peer_port
 
 
 def test_tls_span_without_a_known_socket(builder: SpanBuilder) -> None:
@@ -263,14 +263,14 @@ def test_tls_span_without_a_known_socket(builder: SpanBuilder) -> None:
     req = b"GET /a HTTP/1.1\r\nUser-Agent: x\r\n\r\n"
     ev = event(req, tls=events.TLS_OPENSSL, family=0, local_port=0, peer_port=0, local_addr=b"\0" * 16)
     span = builder.build(ev)
-    assert "server.port" not in span.attributes
-    assert "network.peer.address" not in span.attributes
-    assert "client.address" not in span.attributes
+    assert "server.port" not in span.all_attributes()
+    assert "network.peer.address" not in span.all_attributes()
+    assert "client.address" not in span.all_attributes()
     client = builder.build(
         event(req, role=events.ROLE_CLIENT, tls=events.TLS_OPENSSL, family=0, local_port=0, peer_port=0)
     )
-    assert "server.port" not in client.attributes
-    assert "url.full" not in client.attributes  # no Host header and no socket: nothing to name
+    assert "server.port" not in client.all_attributes()
+    assert "url.full" not in client.all_attributes()  # no Host header and no socket: nothing to name
 
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -283,7 +283,7 @@ def test_server_span_continues_the_callers_trace(builder: SpanBuilder) -> None:
     assert span.parent_span_id == bytes.fromhex("00f067aa0ba902b7")
     assert span.span_id not in (span.parent_span_id, b"\0" * 8)
     assert span.trace_state == "rojo=1,congo=2"
-    assert span.attributes["otelbpf.parent.source"] == "traceparent"
+    assert span.all_attributes()["otelbpf.parent.source"] == "traceparent"
     assert builder.stats.invalid_traceparents == 0
 
 
@@ -291,7 +291,7 @@ def test_invalid_traceparent_starts_a_new_trace_and_is_counted(builder: SpanBuil
     req = b"GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: 00-nonsense\r\n\r\n"
     span = builder.build(event(req))
     assert span.parent_span_id is None and span.trace_state == ""
-    assert "otelbpf.parent.source" not in span.attributes
+    assert "otelbpf.parent.source" not in span.all_attributes()
     assert builder.stats.invalid_traceparents == 1
 
 
@@ -302,3 +302,54 @@ def test_client_span_keeps_its_own_trace(builder: SpanBuilder) -> None:
     assert span.parent_span_id is None
     assert span.trace_id != bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
     assert builder.stats.invalid_traceparents == 0
+
+
+def test_ids_are_reproducible_from_a_seed_across_pool_refills() -> None:
+    """Replay gives the same ids as the recorded run: the pool is drawn from the seeded generator."""
+    a, b = IdGenerator(seed=11), IdGenerator(seed=11)
+    n = IdGenerator._BLOCK // 8 + 100  # past one refill of the pool
+    assert [a.span_id() for _ in range(n)] == [b.span_id() for _ in range(n)]
+    assert a.trace_id() == b.trace_id()
+    assert IdGenerator(seed=12).span_id() != IdGenerator(seed=11).span_id()
+
+
+def test_a_repeated_request_reuses_its_template_and_differs_only_in_its_outcome(builder: SpanBuilder) -> None:
+    first = builder.build(event(CURL, status=200, bytes_out=900))
+    again = builder.build(event(CURL, status=503, bytes_out=40, start_ns=9_000, end_ns=9_500, tid=77))
+    assert again.shared is first.shared  # the connection's and the head's attributes: one shared block
+    assert first.span_id != again.span_id and first.trace_id != again.trace_id
+    assert again.all_attributes()["http.response.status_code"] == 503
+    assert again.all_attributes()["http.response.size"] == 40
+    assert again.all_attributes()["thread.id"] == 77
+    assert again.all_attributes()["error.type"] == "503" and again.status is StatusCode.ERROR
+    assert "error.type" not in first.all_attributes()
+    assert (again.start_ns, again.end_ns) == (OFFSET + 9_000, OFFSET + 9_500)
+    # Shared and own attributes never share a key: OTLP keys must be unique.
+    assert not set(first.shared.items) & set(first.attributes)
+
+
+def test_templates_are_per_connection(builder: SpanBuilder) -> None:
+    a = builder.build(event(CURL, peer_port=51000))
+    b = builder.build(event(CURL, peer_port=51001))
+    assert a.shared is not b.shared
+    assert b.all_attributes()["client.port"] == 51001
+
+
+def test_counts_and_traceparents_stay_exact_with_templates(builder: SpanBuilder) -> None:
+    for _ in range(3):
+        builder.build(event(b"\x16\x03\x01 not http"))
+    assert builder.stats.unparsed_requests == 3
+    req = f"GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: {TRACEPARENT}\r\n\r\n".encode()
+    spans = [builder.build(event(req)) for _ in range(3)]
+    assert builder.stats.traceparents == 3
+    assert all(s.parent_span_id == bytes.fromhex("00f067aa0ba902b7") for s in spans)
+    # A per-request traceparent never repeats: such heads are not cached.
+    assert all(req not in key for key in builder._templates)
+
+
+def test_template_cache_is_bounded() -> None:
+    builder = SpanBuilder(ResourceCache(env={}), FixedClock(), IdGenerator(seed=7), max_templates=8)
+    for i in range(50):
+        span = builder.build(event(f"GET /item/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
+        assert span.all_attributes()["url.path"] == f"/item/{i}"
+    assert len(builder._templates) <= 8

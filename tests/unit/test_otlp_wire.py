@@ -10,7 +10,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from otelbpf.export import SCOPE_NAME, encode_request
 from otelbpf.otlp_wire import _span, _varint, encode_export_request
-from otelbpf.spans import Resource, Span, SpanKind, SpanLink, StatusCode
+from otelbpf.spans import AttributeBlock, Resource, Span, SpanKind, SpanLink, StatusCode
 
 VALUES = ["", "x", "ünïcødé ✓", "a" * 300, 0, 1, -1, 2**63 - 1, -(2**63), 127, 128, 300, True, False, 0.0, -0.0,
           1.5, float("inf")]  # fmt: skip
@@ -24,6 +24,10 @@ def random_link(rng: random.Random) -> SpanLink:
         trace_state=rng.choice(["", "vendor=1"]),
         attributes=tuple(attrs.items()),
     )
+
+
+# Shared blocks (a connection's attributes) are encoded once and reused: their keys never meet own keys.
+SHARED = [AttributeBlock({f"s{i}": v for i, v in enumerate(VALUES[j : j + 6])}) for j in range(0, 12, 3)]
 
 
 def random_span(rng: random.Random, resources: list[Resource]) -> Span:
@@ -42,6 +46,7 @@ def random_span(rng: random.Random, resources: list[Resource]) -> Span:
         status_message=rng.choice(["", "connection closed"]),
         trace_state=rng.choice(["", "vendor=1,other=2"]),
         links=[random_link(rng) for _ in range(rng.choice([0, 0, 0, 1, 3]))],
+        shared=rng.choice([None, *SHARED]),
     )
 
 
