@@ -1,4 +1,4 @@
-"""Command line: ``otelbpf run``.
+"""Command line: ``otelbpf run``, ``otelbpf record FILE`` and ``otelbpf replay FILE``.
 
 Traces unmodified processes from the kernel and exports their HTTP requests as OpenTelemetry spans.
 """
@@ -23,6 +23,12 @@ EXAMPLES = """examples:
   otelbpf run --otlp-endpoint http://localhost:4317                       # OTLP/gRPC
   otelbpf run --otlp-endpoint http://localhost:4318 --otlp-protocol http/protobuf
   OTEL_EXPORTER_OTLP_ENDPOINT=http://tempo:4317 otelbpf run --exe python3
+"""
+
+RECORD_EXAMPLES = """examples:
+  otelbpf record nginx.rec --exe nginx --duration 60     # trace as `run` does, and keep every record
+  otelbpf replay nginx.rec                                # the same spans again, in the terminal
+  otelbpf replay nginx.rec --otlp-endpoint http://localhost:4317
 """
 
 
@@ -101,6 +107,68 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_trace_options(run, env)
+    record = sub.add_parser(
+        "record",
+        help="trace as `run` does, and also write every kernel record to FILE for `replay`",
+        epilog=RECORD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    record.add_argument("file", metavar="FILE", help="the recording to write (replaced if it exists)")
+    _add_trace_options(record, env)
+    replay = sub.add_parser(
+        "replay",
+        help="export a recording's spans again, offline: no root, no kernel",
+        epilog=RECORD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("file", metavar="FILE", help="a recording written by `otelbpf record`")
+    _add_export_options(replay.add_argument_group("export (no endpoint: traces are printed in the terminal)"))
+    replay.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        metavar="FACTOR",
+        help="1: at the recorded pace, 2: twice as fast; 0: as fast as possible (default)",
+    )
+    replay.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _add_export_options(out: argparse._ArgumentGroup) -> None:
+    """Where spans go: the flags `run`, `record` and `replay` share."""
+    out.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP endpoint (env OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+    out.add_argument(
+        "--otlp-protocol",
+        choices=["grpc", "http/protobuf"],
+        help="OTLP protocol (env OTEL_EXPORTER_OTLP_PROTOCOL; default grpc)",
+    )
+    out.add_argument(
+        "--otlp-headers",
+        metavar="K=V,...",
+        help="headers sent with each export (env OTEL_EXPORTER_OTLP_HEADERS)",
+    )
+    out.add_argument(
+        "--queue-size",
+        type=int,
+        default=None,
+        help="spans held while the backend is slow (env OTEL_BSP_MAX_QUEUE_SIZE; default 20000)",
+    )
+    out.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="spans per export request (env OTEL_BSP_MAX_EXPORT_BATCH_SIZE; default 512)",
+    )
+    out.add_argument("--no-color", action="store_true", help="plain terminal output")
+
+
+def _add_trace_options(run: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The flags of `run`, which `record` takes too."""
     sel = run.add_argument_group("what to trace (none given: every process)")
     sel.add_argument(
         "--pid",
@@ -134,21 +202,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "start (env OTELBPF_PORT_SCAN_INTERVAL; default 5)",
     )
     out = run.add_argument_group("export (no endpoint: traces are printed in the terminal)")
-    out.add_argument(
-        "--otlp-endpoint",
-        metavar="URL",
-        help="OTLP endpoint (env OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT)",
-    )
-    out.add_argument(
-        "--otlp-protocol",
-        choices=["grpc", "http/protobuf"],
-        help="OTLP protocol (env OTEL_EXPORTER_OTLP_PROTOCOL; default grpc)",
-    )
-    out.add_argument(
-        "--otlp-headers",
-        metavar="K=V,...",
-        help="headers sent with each export (env OTEL_EXPORTER_OTLP_HEADERS)",
-    )
+    _add_export_options(out)
     out.add_argument(
         "--service-name", metavar="NAME", help="override service.name for every span (env OTEL_SERVICE_NAME)"
     )
@@ -164,19 +218,6 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         default=_env_bool(env, "OTELBPF_RAW_DB_QUERY_TEXT", False),
         help="export db.query.text with its literals (off by default: they are replaced with ?)",
     )
-    out.add_argument(
-        "--queue-size",
-        type=int,
-        default=None,
-        help="spans held while the backend is slow (env OTEL_BSP_MAX_QUEUE_SIZE; default 20000)",
-    )
-    out.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="spans per export request (env OTEL_BSP_MAX_EXPORT_BATCH_SIZE; default 512)",
-    )
-    out.add_argument("--no-color", action="store_true", help="plain terminal output")
     tune = run.add_argument_group("limits")
     tune.add_argument(
         "--duration",
@@ -260,7 +301,6 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C and flags, exit
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
@@ -282,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from otelbpf.runner import RunError, run
 
     try:
+        if args.command == "replay":
+            from otelbpf.replay import replay
+
+            return replay(args, os.environ)
         return run(args, os.environ)
     except RunError as exc:
         print(f"otelbpf: error: {exc}", file=sys.stderr)

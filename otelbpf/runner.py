@@ -1,4 +1,4 @@
-"""Wires the stages together for ``otelbpf run``: preflight, probes, collector, export, summary."""
+"""Wires the stages together for ``otelbpf run`` and ``record``: preflight, probes, collector, export, summary."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import argparse
 import gc
 import logging
 import os
+import random
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -17,7 +20,7 @@ import psutil
 from otelbpf import __version__, preflight
 from otelbpf.btf import BtfError
 from otelbpf.clock import ClockMap
-from otelbpf.collector import Collector
+from otelbpf.collector import Collector, KernelSource, RecordReader
 from otelbpf.console import ConsolePrinter, ConsoleQueue
 from otelbpf.correlate import IdGenerator, SpanBuilder
 from otelbpf.export import (
@@ -30,6 +33,7 @@ from otelbpf.export import (
 from otelbpf.governor import LoadGovernor
 from otelbpf.kernel_offsets import all_offsets
 from otelbpf.linking import TraceLinker
+from otelbpf.recording import Recorder
 from otelbpf.resources import ResourceCache
 from otelbpf.targets import TargetError, TargetSpec, resolve
 from otelbpf.tls_libraries import TlsLibrary
@@ -40,15 +44,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# One id source for the builder and the linker.
-ids = IdGenerator()
-
 
 class RunError(RuntimeError):
     """A problem reported to the user as one line, exiting non-zero."""
 
 
-def _queue(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[BatchQueue, str]:
+def export_queue(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[BatchQueue, str]:
+    """The export queue the flags ask for (the terminal when no endpoint), and where it sends spans."""
     try:
         settings = resolve_otlp_settings(args.otlp_endpoint, args.otlp_protocol, args.otlp_headers, env)
         qkw = queue_settings_from_env(env)
@@ -99,8 +101,8 @@ def lower_priority(nice: int, sched_idle: bool) -> None:
             logger.warning("could not lower the collector's priority: %s", exc)
 
 
-def _linker(args: argparse.Namespace) -> TraceLinker | None:
-    """The span linker the flags ask for; None with --link-window 0."""
+def linker_for(args: argparse.Namespace, ids: IdGenerator | None = None) -> TraceLinker | None:
+    """The span linker the flags ask for, drawing from ``ids`` as the span builder does; None with --link-window 0."""
     if args.link_window < 0:
         raise ValueError(f"--link-window must be 0 (no linking) or more, got {args.link_window}")
     if args.link_window == 0:
@@ -109,6 +111,7 @@ def _linker(args: argparse.Namespace) -> TraceLinker | None:
         raise ValueError(f"--link-max-hold ({args.link_max_hold}) must be at least --link-window ({args.link_window})")
     if args.link_max_spans < 1:
         raise ValueError(f"--link-max-spans must be at least 1, got {args.link_max_spans}")
+    ids = ids or IdGenerator()
     return TraceLinker(ids.trace_id, ids.span_id, args.link_window, args.link_max_hold, args.link_max_spans)
 
 
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except ValueError as exc:
         raise RunError(str(exc)) from exc
     try:
-        linker = _linker(args)
+        linker_for(args)  # bad link flags fail here, before any probe is loaded
     except ValueError as exc:
         raise RunError(str(exc)) from exc
     check_scan_intervals(args)
@@ -215,11 +218,14 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.service_name:
         env = {**env, "OTEL_SERVICE_NAME": args.service_name}
 
-    queue, destination = _queue(args, env)
+    recorder = _open_recorder(args)
+    queue, destination = export_queue(args, env)
     try:
         probes = KernelProbes(settings, offsets)
     except ProbeError as exc:
         queue.shutdown(1.0)
+        if recorder is not None:
+            recorder.close()
         raise RunError(str(exc)) from exc
     from otelbpf.ringbuf import RingBufferReader
 
@@ -230,11 +236,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             probes.add_targets(pids)
         probes.configure(self_pid, trace_all=spec.trace_all, max_per_second=args.max_spans_per_second)
         reader = RingBufferReader(probes.ring_fd, probes.ring_size)
-        builder = SpanBuilder(ResourceCache(env), ClockMap(), ids=ids, capture_query=args.capture_query,
-            raw_db_query_text=args.raw_db_query_text,
-        )
-
-        periodic: list[tuple[float, Callable[[], None]]] = [(5.0, builder.clock.maybe_refresh)]
+        periodic: list[tuple[float, Callable[[], None]]] = []
         if spec.ports and args.port_scan_interval > 0:
             periodic.append((args.port_scan_interval, _port_rescan(probes, spec.ports, pids)))
         tls = _start_tls(args, probes, spec.trace_all, user_tls)
@@ -260,21 +262,15 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 last["events"] = events_now
 
             periodic.append((1.0, govern))
-        collector = Collector(
-            probes,
-            reader,
-            builder,
-            queue,
-            settings.capture_bytes,
-            settings.resp_capture_bytes,
-            periodic=periodic,
-            linker=linker,
-        )
+        # Drawn here, not inside IdGenerator, so that a recording keeps it: replay then draws the same ids.
+        seed = random.SystemRandom().getrandbits(64)
+        collector = pipeline(args, env, probes, reader, queue, seed, recorder, periodic)
         stop = threading.Event()
         install_signal_handlers(stop)
         what = spec.describe()
+        also = "" if recorder is None else f"; recording to {recorder.path}"
         print(
-            f"otelbpf: ready: tracing {what} ({len(pids)} processes now); exporting to {destination}",
+            f"otelbpf: ready: tracing {what} ({len(pids)} processes now); exporting to {destination}{also}",
             file=sys.stderr,
             flush=True,
         )
@@ -302,4 +298,86 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(summary.format(), file=sys.stderr, flush=True)
     finally:
         probes.close()
+        if recorder is not None:
+            recorder.close()
+    return 0 if recorder is None else _report_recording(recorder)
+
+
+def pipeline(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    kernel: KernelSource,
+    reader: RecordReader,
+    queue: BatchQueue,
+    seed: int,
+    recorder: Recorder | None = None,
+    periodic: list[tuple[float, Callable[[], None]]] | None = None,
+    clock: ClockMap | None = None,
+) -> Collector:
+    """Span builder, linker and collector as the flags ask; a recorder also writes down every input they take."""
+    ids = IdGenerator(seed)  # one id source for the builder and the linker
+    resources = ResourceCache(env)
+    builder = SpanBuilder(
+        resources if recorder is None else recorder.resources(resources),  # type: ignore[arg-type]
+        clock or ClockMap(),
+        ids=ids,
+        capture_query=args.capture_query,
+        raw_db_query_text=args.raw_db_query_text,
+    )
+    refresh = builder.clock.maybe_refresh if recorder is None else recorder.clock_refresh(builder.clock)
+    taps = {} if recorder is None else {"tap": recorder.tap, "clock": recorder.clock}
+    collector = Collector(
+        kernel if recorder is None else recorder.kernel(kernel),
+        reader,
+        builder,
+        queue,
+        args.capture_bytes,
+        args.response_capture_bytes,
+        periodic=[(5.0, refresh), *(periodic or [])],
+        linker=linker_for(args, ids),
+        **taps,  # type: ignore[arg-type]
+    )
+    if recorder is not None:
+        recorder.start(recording_meta(args, seed), builder.clock)
+    return collector
+
+
+def _open_recorder(args: argparse.Namespace) -> Recorder | None:
+    """The recording ``otelbpf record FILE`` writes; None for ``otelbpf run``."""
+    if args.command != "record":
+        return None
+    try:
+        return Recorder(args.file)
+    except OSError as exc:
+        raise RunError(f"cannot write the recording {args.file}: {exc.strerror or exc}") from exc
+
+
+def recording_meta(args: argparse.Namespace, seed: int) -> dict:
+    """What a recording must keep besides the records to rebuild the same spans: the options and the id seed."""
+    return {
+        "otelbpf": __version__,
+        "host": socket.gethostname(),
+        "recorded_at_unix_ns": time.time_ns(),
+        "seed": seed,
+        "capture_bytes": args.capture_bytes,
+        "resp_capture_bytes": args.response_capture_bytes,
+        "capture_query": args.capture_query,
+        "raw_db_query_text": args.raw_db_query_text,
+        "link_window": args.link_window,
+        "link_max_hold": args.link_max_hold,
+        "link_max_spans": args.link_max_spans,
+    }
+
+
+def _report_recording(recorder: Recorder) -> int:
+    """One line on what was recorded; exit code 1 when a write failed (tracing went on, the file is short)."""
+    if recorder.error:
+        print(f"otelbpf: error: {recorder.error}: the recording is incomplete", file=sys.stderr, flush=True)
+        return 1
+    print(
+        f"otelbpf: recorded {recorder.records} records in {recorder.batches} batches "
+        f"({recorder.bytes / 2**20:.1f} MiB) to {recorder.path}",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0

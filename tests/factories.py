@@ -46,3 +46,21 @@ def http_event(**fields: object) -> RequestEvent:
         raise TypeError(f"RequestEvent has no field(s) {sorted(unknown)}")
     base.update(fields)
     return RequestEvent(**base)  # type: ignore[arg-type]
+
+
+def record_bytes(ev: RequestEvent) -> bytes:
+    """The ring-buffer record the kernel would write for ``ev`` (what ``events.decode`` reads back)."""
+    head = events.RECORD_HEADER.pack(
+        events.EVENT_REQUEST, ev.protocol, ev.role, ev.tls, ev.end, ev.flags, ev.status, ev.pid, ev.tid,
+        ev.start_ns, ev.end_ns, ev.cause_ns, ev.bytes_in, ev.bytes_out, ev.sock_id, ev.comm.encode(),
+        ev.local_addr, ev.peer_addr, ev.local_port, ev.peer_port, ev.family,
+        len(ev.req), len(ev.resp), ev.req_offset, ev.count,
+    )  # fmt: skip
+    return head + ev.req + ev.resp
+
+
+def process_record_bytes(pid: int, comm: str, filename: str, argv: list[str]) -> bytes:
+    """The ring-buffer record the kernel writes when a traced process execs ``filename``."""
+    args = b"\0".join(a.encode() for a in argv) + b"\0"
+    name = filename.encode()
+    return events.PROCESS_EVENT.pack(events.EVENT_PROCESS, pid, len(name), len(args), comm.encode(), name, args)

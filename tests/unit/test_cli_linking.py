@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from otelbpf.cli import parse_args
-from otelbpf.runner import _linker
+from otelbpf.runner import linker_for
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None):
@@ -15,7 +15,7 @@ def parse(argv: list[str], env: dict[str, str] | None = None):
 def test_defaults_link_with_a_half_second_window() -> None:
     args = parse([])
     assert (args.link_window, args.link_max_hold, args.link_max_spans) == (0.5, 10.0, 100000)
-    linker = _linker(args)
+    linker = linker_for(args)
     assert linker is not None
     assert (linker.window_s, linker.max_hold_s, linker.max_spans) == (0.5, 10.0, 100000)
 
@@ -28,7 +28,7 @@ def test_environment_and_flags_over_it() -> None:
 
 
 def test_window_zero_turns_linking_off() -> None:
-    assert _linker(parse(["--link-window", "0"])) is None
+    assert linker_for(parse(["--link-window", "0"])) is None
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_window_zero_turns_linking_off() -> None:
 )
 def test_bad_values_are_refused_with_the_flag_named(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        _linker(parse(argv))
+        linker_for(parse(argv))
 
 
 def test_a_bad_environment_value_names_the_variable() -> None:
