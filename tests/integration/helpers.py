@@ -238,11 +238,11 @@ _READY_LINE = re.compile(r"^otelbpf: ready: tracing .+ \(\d+ processes now\); ex
 
 
 class OtelbpfRun:
-    """One ``otelbpf run`` subprocess; stderr/stdout go to files so nothing can block on a pipe."""
+    """One ``otelbpf run`` (or ``record``) subprocess; stderr/stdout go to files so nothing can block on a pipe."""
 
     _count = 0
 
-    def __init__(self, args: list[str], env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], workdir: Path, command: str = "run") -> None:
         OtelbpfRun._count += 1
         n = OtelbpfRun._count
         self.args = args
@@ -250,7 +250,7 @@ class OtelbpfRun:
         self.out_path = workdir / f"otelbpf-{n}.stdout"
         with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [OTELBPF, "run", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=REPO
+                [OTELBPF, command, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=REPO
             )
 
     @property
