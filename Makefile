@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KREL := $(shell uname -r)
 
-.PHONY: setup demo test unit integration bench bench-https bench-connections bench-redis lint clean
+.PHONY: setup demo test unit integration bench bench-https bench-connections bench-redis bench-pipeline lint clean
 
 setup: .setup-stamp
 
@@ -39,6 +39,9 @@ bench-connections: setup
 
 bench-redis: setup
 	$(PY) bench/redis_bench.py
+
+bench-pipeline: setup
+	$(PY) bench/pipeline_stages.py
 
 lint: setup
 	$(VENV)/bin/ruff check otelbpf tests bench scripts
