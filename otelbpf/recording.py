@@ -44,6 +44,8 @@ _RESOURCE = struct.Struct("<QI")
 MAX_ENTRY_BYTES = 1 << 28
 # Processes whose resource both sides remember; a pid that falls out is simply written again.
 RESOURCE_TRAIL = 4096
+# Buffered entries reach the file at least this often: what a killed otelbpf loses from its recording.
+FLUSH_INTERVAL_S = 1.0
 
 
 class Kind(enum.IntEnum):
@@ -102,12 +104,14 @@ class Recorder:
         self.records = 0
         self.batches = 0
         self.bytes = 0
+        self._flushed_at = time.monotonic()
         self._write_raw(MAGIC + _VERSION.pack(VERSION))
 
     def start(self, meta: dict[str, Any], clock: ClockMap) -> None:
-        """Write the options and the clock offset the spans start from."""
+        """Write the options and the clock offset the spans start from, straight to the file."""
         self._write(Kind.META, json.dumps(meta, sort_keys=True).encode())
         self._write(Kind.CLOCK, _OFFSET.pack(clock.offset_ns))
+        self._flush()
 
     def tap(self, records: list[bytes]) -> None:
         """Collector tap: write one drained batch, as drained."""
@@ -175,7 +179,18 @@ class Recorder:
             self._fail(exc)
             return False
         self.bytes += sum(map(len, parts))
+        if time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S:
+            self._flush()
         return True
+
+    def _flush(self) -> None:
+        self._flushed_at = time.monotonic()
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except OSError as exc:
+            self._fail(exc)
 
     def _fail(self, exc: OSError) -> None:
         self.error = f"recording to {self.path} stopped: {exc.strerror or exc}"

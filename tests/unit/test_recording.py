@@ -184,3 +184,18 @@ def test_a_failed_write_stops_the_recording_not_the_caller(caplog: pytest.LogCap
         rec.error + "; tracing goes on, the recording ends at its last whole entry"
     ]
     assert rec.batches < 10
+
+
+def test_what_a_killed_recorder_leaves_replays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header is on disk once recording starts, and buffered entries follow within the flush interval."""
+    path = tmp_path / "killed.rec"
+    rec = Recorder(path)
+    rec.start(META, FixedClock(5))
+    with RecordingReader(path) as reader:  # read while the recorder is still open, as after a SIGKILL
+        assert [e.kind for e in reader] == [Kind.META, Kind.CLOCK]
+    rec.tap(BATCHES[1])
+    monkeypatch.setattr("otelbpf.recording.FLUSH_INTERVAL_S", 0.0)
+    rec.clock()
+    with RecordingReader(path) as reader:
+        assert [e.kind for e in reader] == [Kind.META, Kind.CLOCK, Kind.BATCH, Kind.TIME]
+    rec.close()
