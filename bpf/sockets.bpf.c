@@ -16,6 +16,45 @@
 
 /* ---- process selection ---- */
 
+/* Process events for the thread that keeps TLS libraries hooked (otelbpf/tls_follow.py). */
+#ifndef TASK_RINGBUF_PAGES
+#define TASK_RINGBUF_PAGES 64
+#endif
+#define OTELBPF_CLONE_THREAD 0x00010000
+#define OTELBPF_PROT_EXEC 0x4
+#define OTELBPF_MAP_ANONYMOUS 0x20
+/* Their own ring, each record waking the reader at once: a new program must be hooked before it
+ * makes its first TLS call, whatever the request traffic on the main ring. */
+BPF_RINGBUF_OUTPUT(task_events, TASK_RINGBUF_PAGES);
+/* Processes that have per-process TLS probes (tgid -> 1, written by user space): their end is
+ * reported so that the probes are taken down. */
+BPF_HASH(hooked_tgids, u32, u8, MAX_TARGETS);
+/* Threads inside an mmap of a file as executable, by thread id: reported once the mapping exists. */
+BPF_TABLE("lru_hash", u64, u8, exec_mmaps, 4096);
+
+static __always_inline u32 tls_follow(void)
+{
+	u32 zero = 0;
+	struct config *cfg = config_map.lookup(&zero);
+	return cfg ? cfg->tls_follow : FOLLOW_NONE;
+}
+
+static __always_inline void report_task(u8 kind, u32 pid, u32 parent)
+{
+	struct otelbpf_task_event *ev = task_events.ringbuf_reserve(sizeof(*ev));
+	if (!ev) {
+		count(OTELBPF_STAT_TASK_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = OTELBPF_EVENT_TASK;
+	ev->kind = kind;
+	ev->pid = pid;
+	ev->parent = parent;
+	ev->ns = bpf_ktime_get_ns();
+	task_events.ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	struct comm_key key = {};
@@ -28,6 +67,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	}
 	if (!traced(tgid))
 		return 0;
+	if (tls_follow() != FOLLOW_NONE)
+		report_task(OTELBPF_TASK_EXEC, tgid, 0);
 	/* Describe the new program now: a short-lived process is gone before user space reads /proc. */
 	struct otelbpf_process_event *ev = events.ringbuf_reserve(sizeof(*ev));
 	if (!ev) {
@@ -70,14 +111,58 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 	return 0;
 }
 
+/* A new process (not a thread: threads share their process's probes) forked by a traced one. */
+TRACEPOINT_PROBE(task, task_newtask)
+{
+	if (args->clone_flags & OTELBPF_CLONE_THREAD)
+		return 0;
+	u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (tls_follow() == FOLLOW_ALL && traced(parent))
+		report_task(OTELBPF_TASK_FORK, args->pid, parent);
+	return 0;
+}
+
+/* A traced process mapping a file as executable: the loader bringing in a library, or dlopen. */
+TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
+{
+	if (!(args->prot & OTELBPF_PROT_EXEC) || (args->flags & OTELBPF_MAP_ANONYMOUS) || (int)args->fd < 0)
+		return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	if (tls_follow() != FOLLOW_ALL || !traced(id >> 32))
+		return 0;
+	u8 one = 1;
+	exec_mmaps.update(&id, &one);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_mmap)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!exec_mmaps.lookup(&id))
+		return 0;
+	exec_mmaps.delete(&id);
+	/* Reported once the mapping exists, so that user space finds it in /proc/PID/maps. */
+	if (args->ret >= 0 || args->ret < -4095)
+		report_task(OTELBPF_TASK_MAP, id >> 32, 0);
+	return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	/* Threads enter the table through the fork hook too; drop each id as its task ends. */
 	u32 pid = args->pid;
 	targets.delete(&pid);
+	u64 id = bpf_get_current_pid_tgid();
+	if (args->group_dead) {
+		u32 tgid = id >> 32;
+		if (hooked_tgids.lookup(&tgid)) {
+			hooked_tgids.delete(&tgid);
+			report_task(OTELBPF_TASK_EXIT, tgid, 0);
+		}
+	}
 	/* A thread that dies inside a call never reaches the return probe or sys_exit: without this,
 	 * its entries would hold a slot in the per-thread tables for the rest of the run. */
-	u64 id = bpf_get_current_pid_tgid();
+	exec_mmaps.delete(&id);
 	active_io.delete(&id);
 	active_sock_call.delete(&id);
 	tls_calls.delete(&id);

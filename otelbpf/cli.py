@@ -274,6 +274,27 @@ def _add_trace_options(run: argparse.ArgumentParser, env: Mapping[str, str]) -> 
         help="how often traced processes are scanned for newly mapped TLS libraries; 0: only at start "
         "(env OTELBPF_TLS_SCAN_INTERVAL; default 1)",
     )
+    tls.add_argument(
+        "--tls-attach",
+        choices=["auto", "per-process", "file-wide"],
+        default=env.get("OTELBPF_TLS_ATTACH") or "auto",
+        help="per-process: a library's probes fire only in traced processes, so others pay nothing, but a "
+        "process started later runs unhooked for one kernel grace period (5-120 ms here) and a client that "
+        "is quicker loses its first requests; file-wide: every process mapping the library pays, and new "
+        "ones are hooked from their first call; auto: file-wide when tracing every process, per-process "
+        "with --pid/--exe/--port, and the system's libraries file-wide too when the selection's TLS will come "
+        "from programs not started yet (a --pid that maps no TLS library, an --exe nothing runs yet) "
+        "(env OTELBPF_TLS_ATTACH; default auto)",
+    )
+    tls.add_argument(
+        "--tls-max-process-probes",
+        type=int,
+        default=_env_number(env, "OTELBPF_TLS_MAX_PROCESS_PROBES", 512),
+        metavar="N",
+        help="with --pid/--exe/--port, TLS probes go on per traced process (8 for OpenSSL, 4 for GnuTLS, "
+        "each a file descriptor); past N live ones, a library is hooked file-wide instead and every "
+        "process mapping it pays (env OTELBPF_TLS_MAX_PROCESS_PROBES; default 512)",
+    )
     link = run.add_argument_group("traces (spans linked by thread, connection and traceparent)")
     link.add_argument(
         "--link-window",

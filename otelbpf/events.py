@@ -11,6 +11,13 @@ from dataclasses import dataclass
 
 EVENT_REQUEST = 1
 EVENT_PROCESS = 2
+EVENT_TASK = 3
+
+# enum otelbpf_task_kind: what happened to a traced process (records on the task_events ring).
+TASK_FORK = 1
+TASK_EXEC = 2
+TASK_MAP = 3
+TASK_EXIT = 4
 
 # enum otelbpf_protocol: what a connection carries (the kernel's detector decides).
 PROTO_UNKNOWN = 0
@@ -60,6 +67,7 @@ STAT_NAMES: dict[int, str] = {
     12: "tls_guessed",
     13: "tls_rebound",
     14: "own_conns",
+    15: "task_events_lost",
 }
 
 # enum otelbpf_tls_library -> the library's name in span attributes.
@@ -121,6 +129,17 @@ PROCESS_LAYOUT: dict[str, tuple[int, int]] = {
     "filename": (32, FILENAME_LEN),
     "args": (288, ARGS_LEN),
 }
+
+# struct otelbpf_task_event.
+TASK_EVENT = struct.Struct("<BB2xIIxxxxQ")
+TASK_LAYOUT: dict[str, tuple[int, int]] = {
+    "type": (0, 1),
+    "kind": (1, 1),
+    "pid": (4, 4),
+    "parent": (8, 4),
+    "ns": (16, 8),
+}
+_TASK_KINDS = frozenset({TASK_FORK, TASK_EXEC, TASK_MAP, TASK_EXIT})
 
 
 def request_event_size(
@@ -281,3 +300,25 @@ def decode_process(raw: bytes | memoryview) -> ProcessEvent:
         raise DecodeError("process record lengths exceed their fields")
     argv = [a.decode("utf-8", "replace") for a in args[:args_len].split(b"\0") if a]
     return ProcessEvent(pid=pid, comm=_cstr(comm), filename=_cstr(filename[:filename_len]), argv=argv)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A traced process forked, exec'd, mapped an executable file, or ended."""
+
+    kind: int  # TASK_*
+    pid: int
+    parent: int  # TASK_FORK: the parent's pid
+    ns: int  # CLOCK_MONOTONIC when it happened
+
+
+def decode_task(raw: bytes | memoryview) -> TaskEvent:
+    """Decode an OTELBPF_EVENT_TASK record."""
+    if len(raw) < TASK_EVENT.size:
+        raise DecodeError(f"task record of {len(raw)} bytes is shorter than {TASK_EVENT.size}")
+    etype, kind, pid, parent, ns = TASK_EVENT.unpack_from(raw)
+    if etype != EVENT_TASK:
+        raise DecodeError(f"not a task record: type {etype}")
+    if kind not in _TASK_KINDS:
+        raise DecodeError(f"unknown task event kind {kind}")
+    return TaskEvent(kind, pid, parent, ns)

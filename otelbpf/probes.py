@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import re
+import resource
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,7 +66,15 @@ TRACEPOINTS: list[str] = [
     "sched:sched_process_exec",
     "sched:sched_process_fork",
     "sched:sched_process_exit",
+    "task:task_newtask",
+    "syscalls:sys_enter_mmap",
+    "syscalls:sys_exit_mmap",
 ]
+
+# config.tls_follow (enum tls_follow in conn.bpf.h): which process events the kernel sends on task_events.
+FOLLOW_NONE = 0  # no TLS probes
+FOLLOW_EXECS = 1  # tracing everything: libraries are hooked file-wide; new programs need checking
+FOLLOW_ALL = 2  # tracing chosen processes: forks, execs, executable mappings and ends of traced processes
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,7 @@ class ProbeSettings:
     max_connections: int = 65536
     ringbuf_pages: int = 1024
     wakeup_every: int = 64  # records per CPU between consumer wakeups
+    task_ringbuf_pages: int = 64  # process events (task_events): 32 bytes each, a few thousand of them
 
     def cflags(self) -> list[str]:
         """The -D flags for these settings."""
@@ -149,14 +159,16 @@ class ProbeSettings:
             raise ValueError(
                 f"response capture bytes must be a power of two from 16 to 32768, got {self.resp_capture_bytes}"
             )
-        if self.ringbuf_pages < 1 or self.ringbuf_pages & (self.ringbuf_pages - 1):
-            raise ValueError(f"ring buffer pages must be a power of two, got {self.ringbuf_pages}")
+        for pages in (self.ringbuf_pages, self.task_ringbuf_pages):
+            if pages < 1 or pages & (pages - 1):
+                raise ValueError(f"ring buffer pages must be a power of two, got {pages}")
         return [
             f"-DOTELBPF_CAPTURE_BYTES={self.capture_bytes}",
             f"-DOTELBPF_RESP_CAPTURE_BYTES={self.resp_capture_bytes}",
             f"-DMAX_CONNECTIONS={self.max_connections}",
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DWAKEUP_EVERY={self.wakeup_every}",
+            f"-DTASK_RINGBUF_PAGES={self.task_ringbuf_pages}",
         ]
 
 
@@ -201,10 +213,24 @@ def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]
     return flags
 
 
+def _raise_fd_limit() -> None:
+    """Lift the soft open-file limit to the hard one: every uprobe is a perf-event file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logger.debug("could not raise the open-file limit from %d: %s", soft, exc)
+
+
 class KernelProbes:
     """The kernel programs (bpf/*.bpf.c): tracepoints attach on construction, TLS uprobes on demand."""
 
     def __init__(self, settings: ProbeSettings, offsets: dict[str, int]) -> None:
+        _raise_fd_limit()
+        # bcc refuses more than 1000 probes in a process by default; otelbpf bounds its own
+        # per-process TLS probes (--tls-max-process-probes), so bcc's global quota must not.
+        os.environ.setdefault("BCC_PROBE_LIMIT", "1000000")
         bcc = import_bcc()
         self.settings = settings
         text = program_text()
@@ -225,6 +251,10 @@ class KernelProbes:
                 progs[progs.Key(slot)] = progs.Leaf(fn.fd)
                 fn = self._bpf.load_func(f"tls_{name}".encode(), bcc.BPF.KPROBE)
                 tls_progs[tls_progs.Key(slot)] = tls_progs.Leaf(fn.fd)
+            # Loaded now rather than at the first attach, which must be quick: a program that has just
+            # started is hooked while it runs (otelbpf.tls_follow).
+            for name in {TLS_RETURN, *(hook.entry for hooks in TLS_HOOKS.values() for hook in hooks)}:
+                self._bpf.load_func(name.encode(), bcc.BPF.KPROBE)
         except Exception as exc:
             raise ProbeError(f"failed to load the tail-called programs: {exc}") from exc
         self._events = self._bpf["events"]
@@ -232,8 +262,14 @@ class KernelProbes:
         self._targets = self._bpf["targets"]
         self._comms = self._bpf["target_comms"]
         self._config = self._bpf["config_map"]
+        self._task_events = self._bpf["task_events"]
+        self._hooked = self._bpf["hooked_tgids"]
         self._self_tgid = 0
         self._trace_all = False
+        self._tls_follow = FOLLOW_NONE
+        # bcc's names of the uprobe events attached per (library path, pid): what detach_tls takes
+        # down. Kept from the attach, because bcc cannot work them out again once the pid is gone.
+        self._tls_events: dict[tuple[str, int], list[bytes]] = {}
 
     @property
     def ring_fd(self) -> int:
@@ -247,10 +283,26 @@ class KernelProbes:
 
         return self.settings.ringbuf_pages * mmap.PAGESIZE
 
-    def configure(self, self_tgid: int, trace_all: bool, max_per_second: int = 0) -> None:
-        """Set who is never traced (otelbpf itself), whether every process is, and the rate limit."""
+    @property
+    def task_ring_fd(self) -> int:
+        """File descriptor of the ring buffer carrying process events (struct otelbpf_task_event)."""
+        return int(self._task_events.map_fd)
+
+    @property
+    def task_ring_size(self) -> int:
+        """Data size of the process-event ring buffer in bytes."""
+        import mmap
+
+        return self.settings.task_ringbuf_pages * mmap.PAGESIZE
+
+    def configure(
+        self, self_tgid: int, trace_all: bool, max_per_second: int = 0, tls_follow: int = FOLLOW_NONE
+    ) -> None:
+        """Set who is never traced (otelbpf itself), whether every process is, the rate limit, and which
+        process events to send (FOLLOW_*)."""
         self._self_tgid = self_tgid
         self._trace_all = trace_all
+        self._tls_follow = tls_follow
         self.set_rate_limit(max_per_second)
 
     def set_rate_limit(self, max_per_second: int) -> None:
@@ -260,6 +312,7 @@ class KernelProbes:
         leaf.trace_all = 1 if self._trace_all else 0
         # The kernel counts per 100 ms window, shared by all CPUs.
         leaf.max_per_window = 0 if max_per_second <= 0 else max(1, -(-max_per_second // 10))
+        leaf.tls_follow = self._tls_follow
         self._config[self._config.Key(0)] = leaf
 
     def add_targets(self, pids: set[int] | list[int]) -> None:
@@ -275,33 +328,71 @@ class KernelProbes:
             key.comm = name.encode()[:15]
             self._comms[key] = self._comms.Leaf(1)
 
-    def attach_tls(self, path: str, kind: str, symbols: Iterable[str]) -> int:
-        """Hook one TLS library file for every process that maps it; return the probes attached."""
+    def attach_tls(
+        self, path: str, kind: str, symbols: Iterable[str], pid: int = -1, addresses: Iterable[int] = ()
+    ) -> int:
+        """Hook one TLS library file, for every process that maps it or (pid) for one process only;
+        return the probes attached.
+
+        addresses: each symbol's st_value, in the order of symbols. Given, bcc skips its own symbol
+        lookup, which costs up to 25 ms a probe in a binary as large as node: more than a new
+        process's head start.
+        """
         hooks = TLS_HOOKS.get(kind)
         if hooks is None:
             raise ProbeError(f"unknown TLS library kind {kind!r}")
+        symbols = tuple(symbols)
+        where = dict(zip(symbols, addresses, strict=False))
         present = set(symbols)
         missing = [h.symbol for h in hooks if h.required and h.symbol not in present]
         if missing:
             raise ProbeError(f"{path} does not export {', '.join(missing)}")
-        done: list[str] = []
+        key = (path, pid)
+        if key in self._tls_events:
+            raise ProbeError(f"TLS probes already attached to {path}" + (f" for pid {pid}" if pid >= 0 else ""))
+        fds = self._bpf.uprobe_fds
+        before = set(fds)
         try:
             for hook in hooks:
                 if hook.symbol not in present:
                     continue
-                self._bpf.attach_uprobe(name=path.encode(), sym=hook.symbol.encode(), fn_name=hook.entry.encode())
-                done.append(hook.symbol)
-                self._bpf.attach_uretprobe(name=path.encode(), sym=hook.symbol.encode(), fn_name=TLS_RETURN.encode())
+                # Either the symbol or its address, never both (bcc's rule).
+                at = {"addr": where[hook.symbol]} if hook.symbol in where else {"sym": hook.symbol.encode()}
+                self._bpf.attach_uprobe(name=path.encode(), fn_name=hook.entry.encode(), pid=pid, **at)
+                self._bpf.attach_uretprobe(name=path.encode(), fn_name=TLS_RETURN.encode(), pid=pid, **at)
         except Exception as exc:
             # Half a library hooked would see reads without writes: take back what was attached.
-            for sym in done:
-                for detach in (self._bpf.detach_uprobe, self._bpf.detach_uretprobe):
-                    try:
-                        detach(name=path.encode(), sym=sym.encode())
-                    except Exception:  # noqa: BLE001 - best effort on a path already failing
-                        pass
+            for ev_name in set(fds) - before:
+                try:
+                    self._bpf.detach_uprobe_event(ev_name)
+                except Exception:  # noqa: BLE001 - best effort on a path already failing
+                    pass
             raise ProbeError(f"failed to attach TLS probes to {path}: {exc}") from exc
-        return 2 * len(done)
+        attached = [name for name in fds if name not in before]
+        self._tls_events[key] = attached
+        return len(attached)
+
+    def detach_tls(self, path: str, pid: int) -> int:
+        """Take down the probes attach_tls put on path for pid; return how many. Slow: each takes the
+        kernel about 100 ms here (an RCU grace period), during which other attaches wait."""
+        names = self._tls_events.pop((path, pid), [])
+        for ev_name in names:
+            try:
+                self._bpf.detach_uprobe_event(ev_name)
+            except Exception as exc:  # noqa: BLE001 - already gone; nothing else to undo
+                logger.debug("detaching %s: %s", ev_name, exc)
+        return len(names)
+
+    def report_exit(self, pid: int, wanted: bool = True) -> None:
+        """Have the kernel report pid's end on task_events (it has per-process TLS probes), or not."""
+        key = self._hooked.Key(pid)
+        if wanted:
+            self._hooked[key] = self._hooked.Leaf(1)
+        else:
+            try:
+                del self._hooked[key]
+            except KeyError:
+                pass
 
     def target_pids(self) -> list[int]:
         """Processes in the kernel's target table (those selected, their children and exec'd matches)."""
@@ -324,4 +415,7 @@ class KernelProbes:
         """Detach and unload everything."""
         bpf, self._bpf = getattr(self, "_bpf", None), None
         if bpf is not None:
+            # Slow: the kernel takes ~100 ms a probe here (a grace period each). Handing the descriptors to
+            # a child that exits in the background would only move the wait to the next otelbpf started:
+            # each release holds up every attach meanwhile.
             bpf.cleanup()

@@ -35,8 +35,10 @@ from otelbpf.kernel_offsets import all_offsets
 from otelbpf.linking import TraceLinker
 from otelbpf.recording import Recorder
 from otelbpf.resources import ResourceCache
-from otelbpf.targets import TargetError, TargetSpec, resolve
-from otelbpf.tls_libraries import TlsLibrary
+from otelbpf.targets import TargetError, TargetSpec, exes_not_running, resolve
+from otelbpf.tls_follow import TlsFollower
+from otelbpf.tls_libraries import LibraryScanner, TlsLibrary
+from otelbpf.tls_processes import ProcessProbes
 from otelbpf.tls_watch import TlsConfigError, TlsWatcher, user_libraries
 
 if TYPE_CHECKING:
@@ -115,27 +117,102 @@ def linker_for(args: argparse.Namespace, ids: IdGenerator | None = None) -> Trac
     return TraceLinker(ids.trace_id, ids.span_id, args.link_window, args.link_max_hold, args.link_max_spans)
 
 
-def _start_tls(
-    args: argparse.Namespace, probes: KernelProbes, trace_all: bool, user: list[TlsLibrary]
-) -> TlsWatcher | None:
-    """Hook TLS libraries (unless --no-tls); None when HTTPS plaintext is not followed."""
+def _tls_wanted(args: argparse.Namespace) -> bool:
+    """Whether HTTPS plaintext is followed: not with --no-tls, nor on a kernel without uprobes."""
     if not args.tls:
-        return None
+        return False
     if not preflight.uprobes_supported():
         logger.warning("TLS: this kernel has no uprobes (CONFIG_UPROBE_EVENTS): HTTPS requests are not traced")
-        return None
+        return False
+    return True
+
+
+def tls_per_process(args: argparse.Namespace, spec: TargetSpec) -> bool:
+    """Whether TLS probes go on per traced process (--tls-attach; auto: when the selection names processes)."""
+    if args.tls_attach == "per-process" and spec.trace_all:
+        raise RunError("--tls-attach per-process needs a selection (--pid, --exe or --port)")
+    if args.tls_attach == "auto":
+        return not spec.trace_all
+    return args.tls_attach == "per-process"
+
+
+def programs_to_come(spec: TargetSpec, scanner: LibraryScanner | None = None) -> list[str]:
+    """The parts of a selection whose TLS will be done by programs not started yet: --pid processes that
+    map no TLS library themselves (shells, supervisors, test runners) and --exe names nothing runs yet.
+
+    Such a program makes its first TLS call a few milliseconds after exec: sooner than a per-process
+    attach (about one RCU grace period a probe, 20-30 ms here) can be in place.
+    """
+    scanner = scanner or LibraryScanner()
+    found = [f"pid {pid}" for pid in spec.pids if scanner.libraries_of(pid) == []]
+    return found + [f"exe {name}" for name in exes_not_running(spec.exes)]
+
+
+def _start_tls(
+    args: argparse.Namespace,
+    probes: KernelProbes,
+    trace_all: bool,
+    per_process: bool,
+    user: list[TlsLibrary],
+    spec: TargetSpec | None = None,
+) -> tuple[TlsWatcher, TlsFollower]:
+    """Hook TLS libraries (file-wide, or per traced process), then follow processes on a thread of their own."""
 
     def pids() -> set[int]:
         # The kernel's table also holds thread ids; /proc lists processes only.
         live = set(psutil.pids())
         return live if trace_all else live & set(probes.target_pids())
 
-    watcher = TlsWatcher(probes.attach_tls, pids, user=user)
+    if args.tls_max_process_probes < 0:
+        raise RunError(f"--tls-max-process-probes must be 0 or more, got {args.tls_max_process_probes}")
+    processes = None
+    system_file_wide = False
+    if per_process:
+        processes = ProcessProbes(probes.attach_tls, probes.detach_tls, probes.report_exit, args.tls_max_process_probes)
+        to_come = programs_to_come(spec) if spec is not None and args.tls_attach == "auto" else []
+        if to_come:
+            system_file_wide = True
+            logger.info(
+                "TLS: %s will do TLS in programs not started yet, so the system's TLS libraries are hooked "
+                "file-wide for them (--tls-attach per-process to refuse)",
+                ", ".join(to_come),
+            )
+    watcher = TlsWatcher(probes.attach_tls, pids, user=user, processes=processes, system_file_wide=system_file_wide)
     try:
         watcher.start()
     except TlsConfigError as exc:
         raise RunError(str(exc)) from exc
-    return watcher
+    follower = TlsFollower(watcher, probes.task_ring_fd, probes.task_ring_size, args.tls_scan_interval)
+    follower.start()
+    return watcher, follower
+
+
+def _tls_notes(watcher: TlsWatcher, events_lost: int) -> dict[str, int]:
+    """The summary's TLS lines: what was hooked, how, and how long new processes ran unhooked."""
+    st = watcher.stats
+    notes = {
+        "TLS libraries attached": st.libraries_attached,
+        "TLS library attach failures": st.attach_failures,
+        "TLS process events lost (ring full; found by the next scan)": events_lost,
+    }
+    processes = watcher.processes
+    if processes is not None:
+        notes |= {
+            "TLS processes given their own probes": processes.stats.processes_hooked,
+            "TLS per-process probes, most open at once": processes.stats.peak_open,
+            "TLS libraries hooked file-wide (per-process budget reached)": processes.stats.libraries_over_cap,
+            "TLS system libraries hooked file-wide (for programs yet to start)": st.system_file_wide,
+        }
+    for event, what, delays in (
+        ("exec", "programs hooked after exec", st.after_exec),
+        ("fork", "processes hooked after fork", st.after_fork),
+        ("mapping", "libraries hooked after being mapped", st.after_map),
+    ):
+        notes[f"TLS {what}"] = delays.count
+        if delays.count:
+            notes[f"  {event} to hooked, median (µs)"] = delays.median_us
+            notes[f"  {event} to hooked, longest (µs)"] = delays.max_us
+    return notes
 
 
 def check_scan_intervals(args: argparse.Namespace) -> None:
@@ -148,8 +225,11 @@ def check_scan_intervals(args: argparse.Namespace) -> None:
             raise RunError(f"{flag} must be 0 (scan only at start) or more, got {value:g}")
 
 
-def _port_rescan(probes: KernelProbes, ports: list[int], known: set[int]) -> Callable[[], None]:
-    """A periodic job: trace processes that started listening on ``ports`` since the last look."""
+def _port_rescan(
+    probes: KernelProbes, ports: list[int], known: set[int], joined: Callable[[set[int]], None] | None = None
+) -> Callable[[], None]:
+    """A periodic job: trace processes that started listening on ``ports`` since the last look (and tell
+    ``joined``, which hooks their TLS libraries)."""
     known = set(known)
 
     def rescan() -> None:
@@ -159,6 +239,8 @@ def _port_rescan(probes: KernelProbes, ports: list[int], known: set[int]) -> Cal
             return
         probes.add_targets(fresh)
         known.update(fresh)
+        if joined is not None:
+            joined(fresh)
         for pid in sorted(fresh):
             logger.info("now tracing pid %d (%s): it listens on a selected port", pid, _comm(pid))
 
@@ -176,6 +258,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run until stopped; return the exit code."""
     lower_priority(args.nice, args.sched_idle)
     from otelbpf.probes import (
+        FOLLOW_ALL,
+        FOLLOW_EXECS,
+        FOLLOW_NONE,
         TRACEPOINTS,
         KernelProbes,
         ProbeError,
@@ -205,6 +290,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 0
 
     spec = TargetSpec(pids=args.pid, exes=args.exe, ports=args.port)
+    per_process = tls_per_process(args, spec)
     try:
         preflight.check_root()
         preflight.check_btf()
@@ -229,19 +315,26 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise RunError(str(exc)) from exc
     from otelbpf.ringbuf import RingBufferReader
 
+    follower: TlsFollower | None = None
     try:
         self_pid = os.getpid()
         if not spec.trace_all:
             probes.add_target_comms(spec.exes)
             probes.add_targets(pids)
-        probes.configure(self_pid, trace_all=spec.trace_all, max_per_second=args.max_spans_per_second)
+        tls_wanted = _tls_wanted(args)
+        follow = FOLLOW_NONE if not tls_wanted else FOLLOW_ALL if per_process else FOLLOW_EXECS
+        probes.configure(
+            self_pid, trace_all=spec.trace_all, max_per_second=args.max_spans_per_second, tls_follow=follow
+        )
         reader = RingBufferReader(probes.ring_fd, probes.ring_size)
+        # TLS libraries are hooked and followed on a thread of their own (otelbpf.tls_follow), not here.
+        tls, follower = (
+            _start_tls(args, probes, spec.trace_all, per_process, user_tls, spec) if tls_wanted else (None, None)
+        )
         periodic: list[tuple[float, Callable[[], None]]] = []
         if spec.ports and args.port_scan_interval > 0:
-            periodic.append((args.port_scan_interval, _port_rescan(probes, spec.ports, pids)))
-        tls = _start_tls(args, probes, spec.trace_all, user_tls)
-        if tls is not None and args.tls_scan_interval > 0:
-            periodic.append((args.tls_scan_interval, tls.poll))
+            joined = follower.add_processes if follower is not None else None
+            periodic.append((args.port_scan_interval, _port_rescan(probes, spec.ports, pids, joined)))
         governor = None
         if args.adaptive:
             try:
@@ -281,14 +374,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         collector.run(stop, args.duration or None)
         # Every finished span goes out before the summary, bounded so a dead backend cannot hang exit.
         queue.shutdown(timeout_s=10.0)
-        notes = {}
-        if tls is not None:
-            notes.update(
-                {
-                    "TLS libraries attached": tls.stats.libraries_attached,
-                    "TLS library attach failures": tls.stats.attach_failures,
-                }
-            )
+        if follower is not None:
+            follower.stop()  # the summary below reads what it counted
+        notes = _tls_notes(tls, probes.read_stats().get("task_events_lost", 0)) if tls is not None else {}
         if governor is not None:
             notes |= {
                 "seconds traced at a reduced rate (CPUs saturated)": governor.stats.seconds_reduced,
@@ -297,6 +385,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         summary = collector.summary(destination, notes)
         print(summary.format(), file=sys.stderr, flush=True)
     finally:
+        if follower is not None:
+            follower.stop()  # before the probes it attaches go
         probes.close()
         if recorder is not None:
             recorder.close()

@@ -58,6 +58,12 @@ def _exe_matches(proc: psutil.Process, names: set[str]) -> bool:
         return False
 
 
+def exes_not_running(names: list[str]) -> list[str]:
+    """The --exe names that no running process matches (yet)."""
+    procs = list(psutil.process_iter())
+    return [name for name in names if not any(_exe_matches(p, {name}) for p in procs)]
+
+
 def listening_pids(ports: list[int]) -> set[int]:
     """Processes with a TCP socket listening on any of these ports."""
     wanted = set(ports)

@@ -14,9 +14,9 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from otelbpf.elf import ElfError, exported_functions, imported_functions
+from otelbpf.elf import ElfError, exported_function_addresses, imported_functions
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class TlsLibrary:
     symbols: tuple[str, ...]  # hookable symbols the file exports, in HOOKABLE order
     linked: str  # "shared" (libssl/libgnutls itself) or "static" (an object embedding the library, e.g. node)
     pid: int | None = None  # the process it was first seen in (None for system libraries)
+    # Each symbol's st_value, in the order of symbols, so probes go in without a symbol lookup. Derived from
+    # the file, so not part of a library's identity.
+    addresses: tuple[int, ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -68,7 +71,7 @@ def _inspect(path: str) -> TlsLibrary | None:
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         return None
-    exported = exported_functions(path, _ALL_SYMBOLS)
+    exported = exported_function_addresses(path, _ALL_SYMBOLS)
     for kind, (required, optional) in HOOKABLE.items():
         if not all(name in exported for name in required):
             continue
@@ -80,7 +83,8 @@ def _inspect(path: str) -> TlsLibrary | None:
             continue
         symbols = required + tuple(name for name in optional if name in exported)
         linked = "shared" if _SHARED_NAME.match(os.path.basename(path)) else "static"
-        return TlsLibrary(kind, path, (st.st_dev, st.st_ino), symbols, linked)
+        addresses = tuple(exported[name] for name in symbols)
+        return TlsLibrary(kind, path, (st.st_dev, st.st_ino), symbols, linked, addresses=addresses)
     return None
 
 
@@ -181,6 +185,8 @@ class LibraryScanner:
         self._reported: set[tuple[int, int]] = set()
         # hash of each pid's maps text at its last complete scan: unchanged maps need no parsing at all.
         self._maps_hash: dict[int, int] = {}
+        # The same for libraries_of(), per process; entries go with forget().
+        self._pid_maps: dict[int, int] = {}
 
     def mark_known(self, libs: Iterable[TlsLibrary]) -> None:
         """Never report these files (e.g. system libraries already attached)."""
@@ -202,18 +208,47 @@ class LibraryScanner:
             if self._maps_hash.get(pid) == digest:
                 hashes[pid] = digest
                 continue
-            if self._scan_pid(pid, text, new):
+            libs, complete = self._libraries_in(pid, text)
+            for lib in libs:
+                if lib.file_id not in self._reported:
+                    self._reported.add(lib.file_id)
+                    new.append(replace(lib, pid=pid))
+            if complete:
                 hashes[pid] = digest
         # Only pids of this scan are kept, so the table tracks the live targets instead of every pid ever seen.
         self._maps_hash = hashes
         return new
 
-    def _scan_pid(self, pid: int, text: str, new: list[TlsLibrary]) -> bool:
-        """Inspect pid's candidate files, appending new libraries; False if some file could not be inspected."""
+    def libraries_of(self, pid: int) -> list[TlsLibrary] | None:
+        """Every TLS library pid maps now, or None when its maps are unchanged since the last call for it
+        (or unreadable: the process is gone). Per process, unlike scan(): probes can be per process."""
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                text = f.read()
+        except OSError:
+            self.stats.pids_unreadable += 1
+            self._pid_maps.pop(pid, None)
+            return None
+        self.stats.pids_scanned += 1
+        digest = hash(text)
+        if self._pid_maps.get(pid) == digest:
+            return None
+        libs, complete = self._libraries_in(pid, text)
+        if complete:
+            self._pid_maps[pid] = digest
+        return [replace(lib, pid=pid) for lib in libs]
+
+    def forget(self, pid: int) -> None:
+        """Drop what libraries_of() remembers of pid (it exited, or its pid may be reused)."""
+        self._pid_maps.pop(pid, None)
+
+    def _libraries_in(self, pid: int, text: str) -> tuple[list[TlsLibrary], bool]:
+        """The TLS libraries among pid's candidate files, and False if some file could not be inspected."""
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             exe = None  # kernel threads have none; a vanished pid fails below too
+        found: list[TlsLibrary] = []
         complete = True
         for path, dev, inode in mapped_files(text):
             if path != exe and not is_candidate(path):
@@ -237,7 +272,6 @@ class LibraryScanner:
                 if len(self._verdicts) >= self._max_cached_files:
                     self._verdicts.clear()
                 self._verdicts[key] = lib
-            if lib is not None and lib.file_id not in self._reported:
-                self._reported.add(lib.file_id)
-                new.append(replace(lib, pid=pid))
-        return complete
+            if lib is not None and lib not in found:
+                found.append(lib)
+        return found, complete

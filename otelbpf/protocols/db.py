@@ -142,6 +142,4 @@ class DbSpans:
         elif ev.end in (events.END_NO_RESPONSE, events.END_CONN_CLOSED):
             attrs["error.type"] = "connection_closed"
             status, message = StatusCode.ERROR, "connection closed before the response completed"
-        return Operation(
-            name=name, kind=SpanKind.CLIENT, attributes=attrs, status=status, status_message=message
-        )
+        return Operation(name=name, kind=SpanKind.CLIENT, attributes=attrs, status=status, status_message=message)

@@ -54,3 +54,41 @@ def test_flags_replace_the_environment_list() -> None:
 def test_bad_environment_is_a_clear_error(env: dict[str, str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         parse([], env)
+
+
+def test_attach_mode_and_budget() -> None:
+    args = parse([])
+    assert (args.tls_attach, args.tls_max_process_probes) == ("auto", 512)
+    args = parse(["--tls-attach", "file-wide", "--tls-max-process-probes", "64"])
+    assert (args.tls_attach, args.tls_max_process_probes) == ("file-wide", 64)
+    args = parse([], {"OTELBPF_TLS_ATTACH": "per-process", "OTELBPF_TLS_MAX_PROCESS_PROBES": "8"})
+    assert (args.tls_attach, args.tls_max_process_probes) == ("per-process", 8)
+    with pytest.raises(SystemExit):
+        parse(["--tls-attach", "sometimes"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "selection", "per_process"),
+    [
+        ("auto", [], False),
+        ("auto", ["--pid", "1"], True),
+        ("auto", ["--exe", "node"], True),
+        ("file-wide", ["--port", "443"], False),
+        ("per-process", ["--exe", "node"], True),
+    ],
+)
+def test_which_selections_get_per_process_probes(mode: str, selection: list[str], per_process: bool) -> None:
+    from otelbpf.runner import tls_per_process
+    from otelbpf.targets import TargetSpec
+
+    args = parse(["--tls-attach", mode, *selection])
+    spec = TargetSpec(pids=args.pid, exes=args.exe, ports=args.port)
+    assert tls_per_process(args, spec) is per_process
+
+
+def test_per_process_probes_need_a_selection() -> None:
+    from otelbpf.runner import RunError, tls_per_process
+    from otelbpf.targets import TargetSpec
+
+    with pytest.raises(RunError, match="needs a selection"):
+        tls_per_process(parse(["--tls-attach", "per-process"]), TargetSpec())

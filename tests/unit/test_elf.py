@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otelbpf.elf import ElfError, exported_functions, imported_functions
+from otelbpf.elf import ElfError, exported_function_addresses, exported_functions, gnu_hash, imported_functions
 
 LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
 
@@ -113,6 +113,38 @@ def test_real_libssl_exports_the_openssl_api() -> None:
     wanted = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "gnutls_record_recv"]
     assert exported_functions(LIBSSL, wanted) == {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"}
     assert exported_functions(LIBSSL) == readelf_exports(LIBSSL)
+
+
+def readelf_values(path: Path) -> dict[str, int]:
+    """Each exported function's st_value, by binutils (the first definition of a versioned name)."""
+    out = subprocess.run(["readelf", "-W", "--dyn-syms", str(path)], check=True, capture_output=True, text=True)
+    values: dict[str, int] = {}
+    for line in out.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[0].endswith(":") and fields[3] in ("FUNC", "IFUNC") and fields[6] != "UND":
+            values.setdefault(fields[7].split("@")[0], int(fields[1], 16))
+    return values
+
+
+@pytest.mark.parametrize("name", ["shared", "rdynamic"])
+def test_addresses_agree_with_readelf(built: dict[str, Path], name: str) -> None:
+    values = readelf_values(built[name])
+    assert exported_function_addresses(built[name], NAMES) == {n: values[n] for n in NAMES if n in values}
+
+
+@pytest.mark.parametrize("path", [LIBSSL, Path("/usr/bin/node")])
+def test_real_binaries_are_looked_up_through_their_gnu_hash(path: Path) -> None:
+    """libssl and node (67k exports): the hash-table lookup finds what a full read of the tables finds."""
+    wanted = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "gnutls_record_recv", "malloc"]
+    values = readelf_values(path)
+    assert exported_function_addresses(path, wanted) == {n: values[n] for n in wanted if n in values}
+    assert exported_functions(path, wanted) == {n for n in wanted if n in values}
+    assert imported_functions(path, wanted) == {n for n in imported_functions(path) if n in wanted}
+
+
+def test_gnu_hash_of_known_names() -> None:
+    assert gnu_hash(b"") == 5381
+    assert gnu_hash(b"printf") == 0x156B2BB8  # the value in the GNU hash section specification's example
 
 
 def test_not_an_elf_file(tmp_path: Path) -> None:

@@ -70,6 +70,8 @@ def mirror_of(struct_name: str, capture: int) -> tuple[dict[str, tuple[int, int]
         return events.CONN_LAYOUT, events.CONN_SIZE
     if struct_name == "otelbpf_process_event":
         return events.PROCESS_LAYOUT, events.PROCESS_EVENT.size
+    if struct_name == "otelbpf_task_event":
+        return events.TASK_LAYOUT, events.TASK_EVENT.size
     raise AssertionError(f"struct {struct_name} in events.h has no mirror in otelbpf/events.py (nor in this test)")
 
 
@@ -215,6 +217,20 @@ def test_record_header_format(layout: Layout) -> None:
 def test_process_event_format(layout: Layout) -> None:
     fields = [f for f in header_structs()["otelbpf_process_event"] if not f.startswith("_")]
     _check_struct_format(events.PROCESS_EVENT, fields, "otelbpf_process_event", layout)
+
+
+def test_task_event_format(layout: Layout) -> None:
+    fields = [f for f in header_structs()["otelbpf_task_event"] if not f.startswith("_")]
+    _check_struct_format(events.TASK_EVENT, fields, "otelbpf_task_event", layout)
+
+
+def test_task_event_decodes_and_rejects() -> None:
+    raw = events.TASK_EVENT.pack(events.EVENT_TASK, events.TASK_FORK, 41, 40, 123456789)
+    assert events.decode_task(raw) == events.TaskEvent(events.TASK_FORK, 41, 40, 123456789)
+    with pytest.raises(DecodeError, match="unknown task event kind 9"):
+        events.decode_task(events.TASK_EVENT.pack(events.EVENT_TASK, 9, 41, 0, 1))
+    with pytest.raises(DecodeError, match="shorter"):
+        events.decode_task(raw[:10])
 
 
 def mirror_constant(name: str) -> int:

@@ -77,7 +77,14 @@ struct config {
 	/* Requests traced per 100 ms window across all CPUs; 0: no limit. User space lowers it while
 	 * the CPUs are saturated, so tracing yields to the traced applications. */
 	u64 max_per_window;
+	u32 tls_follow; /* enum tls_follow: which process events user space wants on task_events */
+	u32 _pad;
 };
+
+/* config.tls_follow. Tracing everything, TLS libraries are hooked file-wide and only new programs
+ * need checking; tracing chosen processes, they are hooked per process, so user space must hear of
+ * each new one (fork), each program it starts (exec) and maps (loader, dlopen), and its end. */
+enum tls_follow { FOLLOW_NONE = 0, FOLLOW_EXECS = 1, FOLLOW_ALL = 2 };
 
 /* A syscall in flight on one thread, from sys_enter to sys_exit. */
 struct io_args {

@@ -22,6 +22,7 @@
 enum otelbpf_event_type {
 	OTELBPF_EVENT_REQUEST = 1,
 	OTELBPF_EVENT_PROCESS = 2,
+	OTELBPF_EVENT_TASK = 3, /* on its own ring buffer, task_events: see struct otelbpf_task_event */
 };
 
 /* What a connection carries, decided in the kernel from its first bytes. User space picks the
@@ -131,6 +132,26 @@ struct otelbpf_process_event {
 	char args[OTELBPF_ARGS_LEN];
 };
 
+/* What happened to a traced process, for the thread that keeps its TLS libraries hooked. */
+enum otelbpf_task_kind {
+	OTELBPF_TASK_FORK = 1, /* a traced process forked: pid is the child, parent its parent */
+	OTELBPF_TASK_EXEC = 2, /* a traced process started a program */
+	OTELBPF_TASK_MAP = 3, /* a traced process mapped a file executable (the loader, dlopen) */
+	OTELBPF_TASK_EXIT = 4, /* a process with per-process TLS probes ended (its last thread) */
+};
+
+/* One process event, sent on task_events (not the request ring) so that the thread hooking TLS
+ * libraries wakes at once, whatever the request traffic. */
+struct otelbpf_task_event {
+	__u8 type; /* OTELBPF_EVENT_TASK */
+	__u8 kind; /* enum otelbpf_task_kind */
+	__u8 _pad0[2];
+	__u32 pid; /* tgid */
+	__u32 parent; /* OTELBPF_TASK_FORK: the parent's tgid; 0 otherwise */
+	__u32 _pad1;
+	__u64 ns; /* CLOCK_MONOTONIC when it happened: how long the process ran unhooked is measured from it */
+};
+
 /* Indexes of the per-CPU counter array `stats`. */
 enum otelbpf_stat {
 	OTELBPF_STAT_REQUESTS = 0, /* request starts recognised */
@@ -148,6 +169,7 @@ enum otelbpf_stat {
 	OTELBPF_STAT_TLS_GUESSED = 12, /* TLS sessions tied to the thread's last TLS socket (memory BIO) */
 	OTELBPF_STAT_TLS_REBOUND = 13, /* such guesses corrected by a socket seen inside a later call */
 	OTELBPF_STAT_OWN_CONNS = 14, /* server ends of otelbpf's own export connections, not traced */
+	OTELBPF_STAT_TASK_EVENTS_LOST = 15, /* process events lost: task_events ring full */
 	OTELBPF_STAT_MAX = 16,
 };
 
