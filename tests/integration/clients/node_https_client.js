@@ -1,18 +1,23 @@
 // A node `https` client for the integration tests, paused until it reads "go" on stdin.
 //
-// usage: node node_https_client.js CA_FILE URL...
+// usage: node node_https_client.js [--at-once] CA_FILE URL...
 //
 // Prints "paused", waits for a "go" line, then GETs each URL in turn over ONE keep-alive connection
 // (an https.Agent with keepAlive and maxSockets 1, trusting CA_FILE). Prints a JSON list with one
 // {"url", "status", "error", "local_port"} per URL, then stays alive until stdin closes (the same
 // protocol as http_client.py, driven by helpers.PausedClient).
+//
+// With --at-once it neither pauses nor waits: it makes its requests as soon as it starts, prints the
+// list and exits. Its first TLS call then comes a few tens of milliseconds after exec: what a tracer
+// that hooks a new process late would miss.
 "use strict";
 
 const fs = require("fs");
 const https = require("https");
 const readline = require("readline");
 
-const [caPath, ...urls] = process.argv.slice(2);
+const atOnce = process.argv[2] === "--at-once";
+const [caPath, ...urls] = process.argv.slice(atOnce ? 3 : 2);
 const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: fs.readFileSync(caPath) });
 
 function get(url) {
@@ -35,16 +40,20 @@ async function run() {
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
-const input = readline.createInterface({ input: process.stdin });
-let started = false;
-input.on("line", (line) => {
-  if (!started && line.trim() === "go") {
-    started = true;
-    run();
-  }
-});
-input.on("close", () => {
-  agent.destroy();
-  process.exit(0);
-});
-process.stdout.write("paused\n");
+if (atOnce) {
+  run().then(() => agent.destroy());
+} else {
+  const input = readline.createInterface({ input: process.stdin });
+  let started = false;
+  input.on("line", (line) => {
+    if (!started && line.trim() === "go") {
+      started = true;
+      run();
+    }
+  });
+  input.on("close", () => {
+    agent.destroy();
+    process.exit(0);
+  });
+  process.stdout.write("paused\n");
+}
