@@ -131,7 +131,7 @@ class Collector:
         now = self._clock()
         for raw in records:
             try:
-                if raw[0] == EVENT_PROCESS:
+                if raw and raw[0] == EVENT_PROCESS:
                     self._builder.resources.remember_exec(decode_process(raw))
                     continue
                 ev = decode(raw, self._capture, self._resp_capture)
