@@ -715,10 +715,14 @@ class Bench:
         return Run(label, False, wrk, served, other_cpu_pct=other, steal_pct=steal, foreign_progs=foreign)
 
     def hooks_only(self, label: str, connections: int, seconds: float) -> Run:
-        """The probes attached but tracing another (idle) process: the cost of the hooks alone for nginx."""
+        """The probes attached but tracing another (idle) process: the cost of the hooks alone for nginx.
+
+        TLS probes go on per process (--tls-attach per-process): auto would hook the system's TLS
+        libraries file-wide for an idle --pid that maps none (it might start TLS programs later)."""
         idle = self.procs.start(["sleep", "3600"])
         before = self.nginx.requests_total()
-        tracer = Otelbpf(self.procs, idle.pid, self.counter.endpoint, self.extra)
+        extra = [*self.extra, "--tls-attach", "per-process"] if "--tls-attach" not in self.extra else self.extra
+        tracer = Otelbpf(self.procs, idle.pid, self.counter.endpoint, extra)
         try:
             cpu0 = cpu_us(tracer.pid)
             meter = Meter([*process_tree(self.nginx.master_pid), self.counter.proc.pid, tracer.pid])

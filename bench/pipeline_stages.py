@@ -123,6 +123,9 @@ class NullQueue:
         self.spans += len(spans)
         return len(spans)
 
+    def submit_waiting(self, spans: list, timeout_s: float = 10.0) -> int:
+        return self.submit(spans)
+
     def stats(self) -> ExportStats:
         return ExportStats(exported=self.spans)
 
@@ -431,35 +434,37 @@ def whole(rec: Recording, counter: SpanCounter) -> tuple[float, float, int]:
 
 class PacedRing:
     """The kernel's ring buffer filling at ``rate`` records/s for ``duration_s``; a record that finds it full
-    is lost, as in the kernel. Records are made as the collector looks, all that are due by then."""
+    is lost, as in the kernel. The records are made before the clock starts (in the kernel that work is
+    the traced processes', on their CPUs), and handed over as the collector looks, all that are due by then."""
 
     def __init__(self, pool: RecordPool, rate: float, duration_s: float, capacity: int = RING_BYTES) -> None:
-        self._pool, self._rate, self._capacity = pool, rate, capacity
-        self._t0 = time.monotonic()
-        self._end = self._t0 + duration_s
-        self._ring: collections.deque[bytes] = collections.deque()
+        self._capacity = capacity
+        self._records = pool.take(int(rate * duration_s) + 1)
+        self._sizes = [(len(raw) + 8 + 7) & ~7 for raw in self._records]  # each record's header, 8-byte aligned
+        self._rate = rate
+        self._ring: collections.deque[int] = collections.deque()  # indexes into _records
         self._bytes = 0
         self.produced = self.lost = 0
+        self._t0 = time.monotonic()
+        self._end = self._t0 + duration_s
 
     def _fill(self) -> None:
-        due = int((min(time.monotonic(), self._end) - self._t0) * self._rate) - self.produced
-        if due <= 0:
-            return
-        self.produced += due
-        for raw in self._pool.take(due):
-            size = (len(raw) + 8 + 7) & ~7  # each record's header, 8-byte aligned
-            if self._bytes + size > self._capacity:
+        due = min(int((min(time.monotonic(), self._end) - self._t0) * self._rate), len(self._records))
+        sizes, ring = self._sizes, self._ring
+        for i in range(self.produced, due):
+            if self._bytes + sizes[i] > self._capacity:
                 self.lost += 1
             else:
-                self._ring.append(raw)
-                self._bytes += size
+                ring.append(i)
+                self._bytes += sizes[i]
+        self.produced = max(self.produced, due)
 
     def drain(self, limit: int) -> list[bytes]:
         self._fill()
-        ring = self._ring
-        out = [ring.popleft() for _ in range(min(limit, len(ring)))]
-        self._bytes -= sum((len(r) + 15) & ~7 for r in out)
-        return out
+        ring, records, sizes = self._ring, self._records, self._sizes
+        taken = [ring.popleft() for _ in range(min(limit, len(ring)))]
+        self._bytes -= sum(sizes[i] for i in taken)
+        return [records[i] for i in taken]
 
     def wait(self, timeout_s: float) -> None:
         # The kernel wakes the reader once data is there: here, at the next record due.

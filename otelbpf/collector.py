@@ -172,7 +172,10 @@ class Collector:
         if self._linker is None:
             return
         now = self._clock()
-        ready = self._linker.flush(now) if flush else self._linker.take_ready(now)
+        if flush:
+            self._queue.submit_waiting(self._linker.flush(now))
+            return
+        ready = self._linker.take_ready(now)
         if ready:
             self._queue.submit(ready)
 

@@ -527,6 +527,28 @@ class BatchQueue:
             self._drop_log.warn("span queue full (%d spans): %d spans dropped so far", self._max_queue, total)
         return accepted
 
+    def submit_waiting(self, spans: Sequence[Span], timeout_s: float = 10.0) -> int:
+        """Queue spans, waiting up to timeout_s for room; what still does not fit is dropped and counted.
+
+        For the final flush at shutdown: the linker then hands over every tree it holds at once (half a
+        second of spans at the default window, as many as the queue holds at 40k spans/s), and nothing
+        else needs the caller any more, so waiting beats dropping.
+        """
+        deadline = time.monotonic() + timeout_s
+        accepted = i = 0
+        while i < len(spans):
+            with self._cond:
+                room = self._max_queue - len(self._queue)
+                if room <= 0 and not self._stopping and time.monotonic() < deadline:
+                    self._cond.notify_all()  # the worker takes a full batch at once
+                    self._cond.wait(max(0.0, min(deadline - time.monotonic(), 0.05)))
+                    continue
+            # Out of room and time (or stopping): submit counts what does not fit as dropped.
+            chunk = spans[i:] if room <= 0 else spans[i : i + room]
+            accepted += self.submit(chunk)
+            i += len(chunk)
+        return accepted
+
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Send everything queued so far; True if it was all settled (exported or dropped) in time."""
         deadline = time.monotonic() + timeout_s

@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from otelbpf import events
@@ -176,20 +176,21 @@ def _prune(index: dict, key: object) -> None:
         del index[key]
 
 
-def _ended_since(recent: deque[_Node] | None, start: int) -> Iterator[_Node]:
-    """Spans that ended after ``start``, newest first. Records arrive in the order requests ended,
-    so the walk stops at the first one that ended before (less a margin for records written late)."""
-    if not recent:
-        return
-    for other in reversed(recent):
-        if other.kend < start - REORDER_NS:
-            return
-        yield other
-
-
 def _overlapping(recent: deque[_Node] | None, node: _Node) -> list[_Node]:
-    """Spans in an index entry whose time overlaps node's."""
-    return [o for o in _ended_since(recent, node.kstart) if _overlap(o, node) > 0]
+    """Spans in an index entry whose time overlaps node's, newest first. Records arrive in the order
+    requests ended, so the walk stops at the first one that ended before node started (less a margin
+    for records written late)."""
+    out: list[_Node] = []
+    if not recent:
+        return out
+    kstart, kend = node.kstart, node.kend
+    oldest = kstart - REORDER_NS
+    for o in reversed(recent):
+        if o.kend < oldest:
+            break
+        if min(o.kend, kend) > max(o.kstart, kstart):
+            out.append(o)
+    return out
 
 
 def _overlap(a: _Node, b: _Node) -> int:
@@ -522,13 +523,19 @@ class TraceLinker:
         when each client request started (the event-loop mark, and links when there is no parent)."""
         key = (node.pid, node.tid)
         start = node.kstart
+        oldest = start - REORDER_NS  # the same walk as _overlapping's, inlined: it runs for every span
         if node.server:
-            for client in _ended_since(self._thread_clients.get(key), start):
-                if not client.exported and start <= client.kstart <= node.kend:
+            end = node.kend
+            for client in reversed(self._thread_clients.get(key) or ()):
+                if client.kend < oldest:
+                    break
+                if not client.exported and start <= client.kstart <= end:
                     _add_overlap(client, node)
             _remember(self._thread_servers, key, node)
         else:
-            for server in _ended_since(self._thread_servers.get(key), start):
+            for server in reversed(self._thread_servers.get(key) or ()):
+                if server.kend < oldest:
+                    break
                 if server.kstart <= start <= server.kend and not server.gone:
                     _add_overlap(node, server)
             _remember(self._thread_clients, key, node)

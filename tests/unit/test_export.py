@@ -471,6 +471,29 @@ def test_queue_full_accounting_is_exact():
     assert exporter.batches == [5, 5, 5]
 
 
+def test_submit_waiting_waits_for_room_then_counts_what_never_fit():
+    exporter = BlockingExporter()
+    queue = ExportQueue(exporter, max_queue_spans=10, max_batch=5, schedule_delay_s=0.01)
+    assert queue.submit([make_span(i) for i in range(5)]) == 5
+    assert exporter.entered.wait(2.0)  # one batch of 5 in flight, the queue empty
+    # Room for 10 now; the other 15 wait for the exporter, which is let go a moment later.
+    threading.Timer(0.2, exporter.release.set).start()
+    assert queue.submit_waiting([make_span(i) for i in range(25)], timeout_s=5.0) == 25
+    assert queue.flush(5.0)
+    assert queue.stats().exported == 30 and queue.stats().dropped["queue_full"] == 0
+    # A stuck exporter: after the timeout, what does not fit is dropped and counted, never lost silently.
+    exporter.release.clear()
+    exporter.entered.clear()
+    queue.submit([make_span(i) for i in range(5)])
+    assert exporter.entered.wait(2.0)
+    started = time.monotonic()
+    assert queue.submit_waiting([make_span(i) for i in range(14)], timeout_s=0.2) == 10
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert queue.stats().dropped["queue_full"] == 4
+    exporter.release.set()
+    queue.shutdown(5.0)
+
+
 def test_shutdown_deadline_counts_unsent_spans():
     exporter = BlockingExporter()
     queue = ExportQueue(exporter, max_queue_spans=100, max_batch=4, schedule_delay_s=0.01)
