@@ -153,6 +153,12 @@ class Procs:
                     proc.wait(2)
 
 
+def rss_kib(pid: int) -> tuple[int, int]:
+    """A process's resident set now and its peak (VmRSS, VmHWM), in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
 def cpu_us(pid: int) -> float:
     """utime + stime of a process (all its threads), in microseconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -668,6 +674,7 @@ class Run:
     collector_cpu_window_us: float = 0.0  # otelbpf CPU during the wrk window only
     collector_cpu_total_us: float = 0.0  # otelbpf CPU from ready to exit
     receiver_cpu_us: float = 0.0
+    collector_rss_kib: tuple[int, int] = (0, 0)  # otelbpf's VmRSS at the end of the window, and its peak (VmHWM)
     otelbpf_startup_s: float = 0.0
     summary: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
@@ -804,6 +811,7 @@ class Bench:
             wrk = run_wrk(self.nginx.url, connections, seconds, script)
             other, steal = meter.stop()
             cpu1 = cpu_us(tracer.pid)
+            rss = rss_kib(tracer.pid)
             rcv1 = self.counter.cpu_us()
             progs1 = otelbpf_progs(tracer.pid)
             foreign = foreign_progs(tracer.pid)
@@ -829,6 +837,7 @@ class Bench:
             collector_cpu_window_us=cpu1 - cpu0,
             collector_cpu_total_us=res.cpu_after_ready_us,
             receiver_cpu_us=rcv1 - rcv0,
+            collector_rss_kib=rss,
             otelbpf_startup_s=tracer.startup_s,
             summary=res.summary,
             reasons=res.lost_reasons,
@@ -1130,6 +1139,11 @@ def report(
             "collector CPU (% of one CPU)",
             "–",
             lambda r: fmt(r.collector_cpu_window_us / 1e4 / r.wrk.seconds) + " %",
+        ),
+        row(
+            "collector memory: RSS at the end of the window; peak (MiB)",
+            "–",
+            lambda r: f"{r.collector_rss_kib[0] / 1024:.0f}; {r.collector_rss_kib[1] / 1024:.0f}",
         ),
         row("OTLP receiver CPU per span (µs)", "–", lambda r: per(r.receiver_cpu_us, r.spans)),
         row(
