@@ -213,6 +213,42 @@ def render_cflags(settings: ProbeSettings, offsets: dict[str, int]) -> list[str]
     return flags
 
 
+# Shared objects that only compile the programs: bcc's LLVM and clang, idle once they are loaded.
+_COMPILER_LIBRARIES = re.compile(r"/lib(LLVM|clang)[^/]*\.so[^/]*$")
+_MADV_DONTNEED = 4
+
+
+def release_compiler_memory(maps_path: str = "/proc/self/maps") -> int:
+    """Give back what compiling the programs left resident: freed heap, and the compiler's code pages;
+    return the bytes of code pages dropped.
+
+    The code (r-xp) of libLLVM and libclang is clean file-backed memory, read in by the compile and not
+    needed again: dropped, it is simply read from the file again if it ever runs. Read-only data is
+    left alone, since relocated pages there (RELRO) were written before being made read-only.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.malloc_trim(0)  # LLVM frees its heap at the end of the compile; glibc keeps it otherwise
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    dropped = 0
+    try:
+        with open(maps_path) as maps:
+            lines = maps.readlines()
+    except OSError:
+        return 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "r-xp" or not _COMPILER_LIBRARIES.search(fields[5]):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
+            dropped += end - start
+        else:
+            logger.debug("madvise on %s: errno %d", fields[5], ctypes.get_errno())
+    return dropped
+
+
 def _raise_fd_limit() -> None:
     """Lift the soft open-file limit to the hard one: every uprobe is a perf-event file descriptor."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

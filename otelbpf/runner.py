@@ -266,6 +266,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         ProbeError,
         ProbeSettings,
         program_text,
+        release_compiler_memory,
         render_cflags,
     )
 
@@ -362,6 +363,10 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         install_signal_handlers(stop)
         what = spec.describe()
         also = "" if recorder is None else f"; recording to {recorder.path}"
+        # The programs are compiled and loaded: LLVM's heap and code pages would otherwise stay resident
+        # (about 80 MB of the collector's ~180 MB).
+        released = release_compiler_memory()
+        logger.debug("compiler code pages released: %.0f MiB", released / 2**20)
         print(
             f"otelbpf: ready: tracing {what} ({len(pids)} processes now); exporting to {destination}{also}",
             file=sys.stderr,
