@@ -10,12 +10,13 @@ milliseconds after exec for node here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from otelbpf.events import DecodeError, decode_task
 from otelbpf.ringbuf import RingBufferReader
@@ -71,6 +72,7 @@ class TlsFollower:
         os.close(self._wake)
 
     def _run(self) -> None:
+        background = current_priority()
         normal_priority()
         now = time.monotonic()
         next_scan = now + self._scan_interval_s if self._scan_interval_s > 0 else float("inf")
@@ -90,10 +92,14 @@ class TlsFollower:
                     last_event = now
                 if now >= next_scan:
                     next_scan = now + self._scan_interval_s
-                    self._watcher.poll()
+                    # The backstop scan reads every traced process's maps: the applications come first.
+                    with at_priority(background):
+                        self._watcher.poll()
                 elif self._watcher.reclaim_urgent() or (not got and now - last_event >= QUIET_S):
                     # One removal at a time, then back to the events: a new program must not wait long.
-                    if not self._watcher.reclaim_one():
+                    with at_priority(background):
+                        reclaimed = self._watcher.reclaim_one()
+                    if not reclaimed:
                         last_event = now  # nothing to take down: sleep until the next event
             except Exception:  # a bug here must not end TLS following for the rest of the run
                 logger.exception("TLS thread: unexpected error")
@@ -129,6 +135,36 @@ class TlsFollower:
                 continue
             self._watcher.on_task(ev)
         return len(added) + len(records)
+
+
+Priority = tuple[int, int, int]  # (policy, static priority, nice)
+
+
+def current_priority() -> Priority:
+    """The calling thread's scheduling policy, static priority and nice value."""
+    try:
+        return (
+            os.sched_getscheduler(0),
+            os.sched_getparam(0).sched_priority,
+            os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+        )
+    except OSError:
+        return os.SCHED_OTHER, 0, 0
+
+
+@contextlib.contextmanager
+def at_priority(priority: Priority) -> Iterator[None]:
+    """Run a block at the given priority (the collector's own, SCHED_IDLE by default), then at normal again."""
+    policy, static, nice = priority
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(static))
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        logger.debug("TLS thread keeps normal priority for background work: %s", exc)
+    try:
+        yield
+    finally:
+        normal_priority()
 
 
 def normal_priority() -> None:

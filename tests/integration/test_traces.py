@@ -208,11 +208,13 @@ def test_one_request_is_one_trace_across_three_services(chain, otelbpf, receiver
         assert by_label[("backend", SERVER)].attributes["url.scheme"] == "https"
         # One request at a time: node's event loop served nothing else meanwhile.
         assert not any(s.attributes.get(EVENT_LOOP) for s in group)
-        # The callee's server span nests inside its caller's client span (same kernel clock).
+        # The callee's server span nests inside its caller's client span (same kernel clock). Its end may
+        # trail a little: a server span ends when its last SSL_write returns, and the client can have read
+        # the response on the other CPU before the server thread runs again (1.7 ms seen on 2 busy CPUs).
         for s in group:
             parent = next((p for p in group if p.span_id == s.parent_span_id), None)
             if parent is not None and s.attributes[SOURCE] == "connection":
-                assert parent.start_ns <= s.start_ns and s.end_ns <= parent.end_ns + 1_000_000
+                assert parent.start_ns <= s.start_ns and s.end_ns <= parent.end_ns + 5_000_000
     assert res.summary["parents found by thread"] == 2 * len(ids)
     assert res.summary["parents found by connection 4-tuple"] == 2 * len(ids)
 
