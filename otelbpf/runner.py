@@ -149,19 +149,14 @@ def programs_to_come(spec: TargetSpec, scanner: LibraryScanner | None = None) ->
 
 
 def _start_tls(
-    args: argparse.Namespace,
-    probes: KernelProbes,
-    trace_all: bool,
-    per_process: bool,
-    user: list[TlsLibrary],
-    spec: TargetSpec | None = None,
+    args: argparse.Namespace, probes: KernelProbes, spec: TargetSpec, per_process: bool, user: list[TlsLibrary]
 ) -> tuple[TlsWatcher, TlsFollower]:
     """Hook TLS libraries (file-wide, or per traced process), then follow processes on a thread of their own."""
 
     def pids() -> set[int]:
         # The kernel's table also holds thread ids; /proc lists processes only.
         live = set(psutil.pids())
-        return live if trace_all else live & set(probes.target_pids())
+        return live if spec.trace_all else live & set(probes.target_pids())
 
     if args.tls_max_process_probes < 0:
         raise RunError(f"--tls-max-process-probes must be 0 or more, got {args.tls_max_process_probes}")
@@ -169,7 +164,7 @@ def _start_tls(
     system_file_wide = False
     if per_process:
         processes = ProcessProbes(probes.attach_tls, probes.detach_tls, probes.report_exit, args.tls_max_process_probes)
-        to_come = programs_to_come(spec) if spec is not None and args.tls_attach == "auto" else []
+        to_come = programs_to_come(spec) if args.tls_attach == "auto" else []
         if to_come:
             system_file_wide = True
             logger.info(
@@ -329,9 +324,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
         reader = RingBufferReader(probes.ring_fd, probes.ring_size)
         # TLS libraries are hooked and followed on a thread of their own (otelbpf.tls_follow), not here.
-        tls, follower = (
-            _start_tls(args, probes, spec.trace_all, per_process, user_tls, spec) if tls_wanted else (None, None)
-        )
+        tls, follower = _start_tls(args, probes, spec, per_process, user_tls) if tls_wanted else (None, None)
         periodic: list[tuple[float, Callable[[], None]]] = []
         if spec.ports and args.port_scan_interval > 0:
             joined = follower.add_processes if follower is not None else None

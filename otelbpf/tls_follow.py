@@ -17,8 +17,9 @@ import select
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
-from otelbpf.events import DecodeError, decode_task
+from otelbpf.events import TASK_MAP, DecodeError, TaskEvent, decode_task
 from otelbpf.ringbuf import RingBufferReader
 from otelbpf.tls_watch import TlsWatcher
 
@@ -126,15 +127,39 @@ class TlsFollower:
         if added:
             self._watcher.add_processes(added)
         records = self._reader.drain()
+        decoded = []
         for raw in records:
             try:
-                ev = decode_task(raw)
+                decoded.append(decode_task(raw))
             except DecodeError as exc:
                 self.malformed += 1
                 logger.warning("malformed process event: %s", exc)
-                continue
+        for ev in coalesce_mappings(decoded):
             self._watcher.on_task(ev)
         return len(added) + len(records)
+
+
+def coalesce_mappings(evs: list[TaskEvent]) -> list[TaskEvent]:
+    """The events in order, less each mapping that a later mapping of the same process covers.
+
+    The loader maps a program's libraries one after the other, and handling a mapping reads the
+    process's whole /proc/PID/maps: only the last of a run needs handling. It takes the run's earliest
+    time, so that the hook delay is still measured from the first mapping.
+    """
+    out: list[TaskEvent] = []
+    later: dict[int, int] = {}  # pid -> index in out of its next mapping, walking backwards
+    for ev in reversed(evs):
+        if ev.kind == TASK_MAP:
+            k = later.get(ev.pid)
+            if k is not None:
+                out[k] = replace(out[k], ns=min(out[k].ns, ev.ns))
+                continue
+            later[ev.pid] = len(out)
+        else:
+            later.pop(ev.pid, None)  # a fork, exec or exit of the process ends the run
+        out.append(ev)
+    out.reverse()
+    return out
 
 
 Priority = tuple[int, int, int]  # (policy, static priority, nice)

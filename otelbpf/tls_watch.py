@@ -139,19 +139,20 @@ class TlsWatcher:
             if self._system_file_wide:
                 # A program a traced launcher starts does its first TLS call within milliseconds, before a
                 # per-process attach (an RCU grace period a probe, ~30 ms here) could be in place.
-                libs = system_libraries()
-                for lib in libs:
-                    self.stats.system_file_wide += 1 if self._hook(lib) else 0
-                self._scanner.mark_known(libs)
+                self.stats.system_file_wide += self._hook_system()
             self.poll()
             return
         for lib in self._user:
             self._hook(lib, required=True)
-        libs = system_libraries()
-        for lib in libs:
-            self._hook(lib)
-        self._scanner.mark_known(libs)
+        self._hook_system()
         self.poll()
+
+    def _hook_system(self) -> int:
+        """Hook the system's libssl and libgnutls file-wide; how many files were attached."""
+        libs = system_libraries()
+        hooked = sum(1 for lib in libs if self._hook(lib))
+        self._scanner.mark_known(libs)
+        return hooked
 
     def poll(self) -> None:
         """Scan traced processes for library files not hooked yet, and hook them."""
