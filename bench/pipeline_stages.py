@@ -9,7 +9,8 @@ record and a client record that the linker joins by connection.
 
 It reports, per span:
   * each stage alone over the whole recording: decode (events.decode), build (SpanBuilder.build), link
-    (TraceLinker, with the recorded clock), encode (export.encode_spans, 512 spans a request), export
+    (TraceLinker, with the recorded clock), metrics (RequestMetrics.record, the request-duration
+    histograms, 512 spans a call), encode (export.encode_spans, 512 spans a request), export
     (gRPC to bench/span_counter.py, a real receiver in its own process, 512 spans a request);
   * the whole pipeline: the recording replayed into a Collector, export queue, gRPC;
   * fixed and per-span cost of each stage: calls of 1, 10, 100, 1000 and 8192 spans, fitted to
@@ -49,6 +50,7 @@ from otelbpf.cli import parse_args  # noqa: E402
 from otelbpf.clock import ClockMap  # noqa: E402
 from otelbpf.correlate import IdGenerator, SpanBuilder  # noqa: E402
 from otelbpf.export import ExportQueue, ExportStats, GrpcExporter, encode_spans  # noqa: E402
+from otelbpf.metrics import RequestMetrics  # noqa: E402
 from otelbpf.recording import Kind, Recorder, RecordingReader  # noqa: E402
 from otelbpf.replay import Replayer  # noqa: E402
 from otelbpf.runner import linker_for, pipeline  # noqa: E402
@@ -311,6 +313,8 @@ class Stages:
 
         out["link"] = (*timed(link_all), len(spans))
         chunks = [spans[i : i + EXPORT_BATCH] for i in range(0, len(spans), EXPORT_BATCH)]
+        metrics = RequestMetrics()
+        out["metrics"] = (*timed(lambda: [metrics.record(c) for c in chunks]), len(spans))
         payloads: list[bytes] = []
         out["encode"] = (*timed(lambda: payloads.extend(self.encode(c) for c in chunks)), len(spans))
 
@@ -344,19 +348,31 @@ class Stages:
         feeder = Feeder()
         collector = pipeline(self._args(), {}, Kernel(), feeder, NullQueue(), 7)
         fresh = [pool.take(n) for _ in range(reps)]
+        # The same again with the request-duration metrics on: the difference is their cost in place.
+        m_feeder = Feeder()
+        m_collector = pipeline(self._args(), {}, Kernel(), m_feeder, NullQueue(), 7, metrics=RequestMetrics())
+        m_fresh = [pool.take(n) for _ in range(reps)]
+        metrics = RequestMetrics()
 
         def collector_batch(i: int) -> None:
             feeder.batch = fresh[i]
             collector.process_once()
             collector.release_linked()
 
+        def collector_batch_metrics(i: int) -> None:
+            m_feeder.batch = m_fresh[i]
+            m_collector.process_once()
+            m_collector.release_linked()
+
         cases: dict[str, Callable[[int], object]] = {
             "decode": lambda i: self.decode(batches[i]),
             "build": lambda i: self.build(builder, evs[i]),
             "link": lambda i: self.link(linker, pairs[i], i * 0.01),
+            "metrics": lambda i: metrics.record(spans[i]),
             "encode": lambda i: self.encode(spans[i]),
             "export": lambda i: self.export(payloads[i], n),
             "collector batch": collector_batch,
+            "collector batch with metrics": collector_batch_metrics,
         }
         out = {}
         for name, case in cases.items():
@@ -580,13 +596,15 @@ def report(rec, bulk, fits, whole_run, best, trials, cpus) -> None:  # noqa: ANN
     print(f"{machine()}\n")
     print("| stage | CPU µs/span (whole recording) | fixed µs/call | µs/span (fit) |")
     print("|---|---:|---:|---:|")
-    for name in ("decode", "build", "link", "encode", "export"):
+    for name in ("decode", "build", "link", "metrics", "encode", "export"):
         c, w, n = bulk[name]
         a, b = fits[name]
         extra = f" (wall {w / n * 1e6:.2f})" if name == "export" else ""
         print(f"| {name} | {c / n * 1e6:.2f}{extra} | {a + 0.0:.1f} | {b:.2f} |")
     a, b = fits["collector batch"]
     print(f"| collector batch (process_once + release_linked) | | {a + 0.0:.1f} | {b:.2f} |")
+    a, b = fits["collector batch with metrics"]
+    print(f"| collector batch with metrics | | {a + 0.0:.1f} | {b:.2f} |")
     print(f"| whole pipeline (replay -> Collector -> queue -> gRPC) | {cpu / exported * 1e6:.2f} "
           f"(wall {wall / exported * 1e6:.2f}) | | |")  # fmt: skip
     where = f"CPU {cpus[0]}, receiver on CPU {cpus[1]}" if cpus[1] is not None else "one shared CPU"

@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   otelbpf run --pid 1234 --pid 5678            # only these processes (and their children)
   otelbpf run --exe nginx                      # nginx, running now or started later
   otelbpf run --port 8080 --duration 60        # whatever listens on :8080, for a minute
+  otelbpf run --container shop-api             # a container by name or id, running now or started later
   otelbpf run --otlp-endpoint http://localhost:4317                       # OTLP/gRPC
   otelbpf run --otlp-endpoint http://localhost:4318 --otlp-protocol http/protobuf
   OTEL_EXPORTER_OTLP_ENDPOINT=http://tempo:4317 otelbpf run --exe python3
@@ -201,6 +202,54 @@ def _add_trace_options(run: argparse.ArgumentParser, env: Mapping[str, str]) -> 
         help="how often listeners on --port are looked up again, so servers started later join; 0: only at "
         "start (env OTELBPF_PORT_SCAN_INTERVAL; default 5)",
     )
+    sel.add_argument(
+        "--container",
+        action="append",
+        # append onto an environment default would merge the two; flags replace it instead (parse_args).
+        default=None,
+        metavar="ID|NAME",
+        help="trace the processes of this container: a full id, an id prefix (4+ hex digits), a name, or "
+        "NAMESPACE/POD/CONTAINER under Kubernetes; running now or started later (repeatable; env "
+        "OTELBPF_CONTAINERS, comma-separated)",
+    )
+    sel.add_argument(
+        "--container-scan-interval",
+        type=float,
+        default=_env_number(env, "OTELBPF_CONTAINER_SCAN_INTERVAL", 1.0),
+        metavar="SECONDS",
+        help="how often new processes are checked against --container, so containers started later join "
+        "(within about this long); 0: only at start (env OTELBPF_CONTAINER_SCAN_INTERVAL; default 1)",
+    )
+    meta = run.add_argument_group("container and pod metadata (resource attributes)")
+    meta.add_argument(
+        "--docker-socket",
+        default=None,
+        metavar="PATH",
+        help="Docker Engine API socket asked for container names and images (env OTELBPF_DOCKER_SOCKET, "
+        "else DOCKER_HOST=unix://PATH; default /var/run/docker.sock)",
+    )
+    meta.add_argument(
+        "--docker-dir",
+        default=env.get("OTELBPF_DOCKER_DIR") or "/var/lib/docker/containers",
+        metavar="DIR",
+        help="Docker's container state directory, read when the socket cannot be (env OTELBPF_DOCKER_DIR; "
+        "default /var/lib/docker/containers)",
+    )
+    meta.add_argument(
+        "--kube-log-dir",
+        default=env.get("OTELBPF_KUBE_LOG_DIR") or "/var/log",
+        metavar="DIR",
+        help="where the kubelet's containers/ and pods/ log directories are, which name each container's "
+        "pod, namespace and container (env OTELBPF_KUBE_LOG_DIR; default /var/log)",
+    )
+    meta.add_argument(
+        "--no-kube-api",
+        dest="kube_api",
+        action="store_false",
+        default=_env_bool(env, "OTELBPF_KUBE_API", True),
+        help="do not ask the Kubernetes API for pods' labels and owners, even with a service account token "
+        "(env OTELBPF_KUBE_API=false)",
+    )
     out = run.add_argument_group("export (no endpoint: traces are printed in the terminal)")
     _add_export_options(out)
     out.add_argument(
@@ -217,6 +266,26 @@ def _add_trace_options(run: argparse.ArgumentParser, env: Mapping[str, str]) -> 
         action="store_true",
         default=_env_bool(env, "OTELBPF_RAW_DB_QUERY_TEXT", False),
         help="export db.query.text with its literals (off by default: they are replaced with ?)",
+    )
+    metrics = run.add_argument_group("metrics (with an OTLP endpoint: request durations and otelbpf's own counters)")
+    metrics.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="export no metrics (env OTEL_METRICS_EXPORTER=none)",
+    )
+    metrics.add_argument(
+        "--metric-export-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often metrics are exported (env OTEL_METRIC_EXPORT_INTERVAL, in ms; default 60 s)",
+    )
+    metrics.add_argument(
+        "--metric-temporality",
+        choices=["cumulative", "delta", "lowmemory"],
+        default=None,
+        help="aggregation temporality (env OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE; default cumulative)",
     )
     tune = run.add_argument_group("limits")
     tune.add_argument(
@@ -329,6 +398,8 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     args = build_parser(env).parse_args(argv)
     if getattr(args, "tls_library", []) is None:
         args.tls_library = [p.strip() for p in env.get("OTELBPF_TLS_LIBRARIES", "").split(",") if p.strip()]
+    if getattr(args, "container", []) is None:
+        args.container = [c.strip() for c in env.get("OTELBPF_CONTAINERS", "").split(",") if c.strip()]
     return args
 
 

@@ -14,6 +14,8 @@ from otelbpf.correlate import SpanBuilder, UnknownProtocol
 from otelbpf.events import EVENT_PROCESS, DecodeError, decode, decode_process
 from otelbpf.export import BatchQueue
 from otelbpf.linking import TraceLinker
+from otelbpf.metrics import RequestMetrics
+from otelbpf.spans import Span
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,21 @@ class KernelSource(Protocol):
     def read_stats(self) -> dict[str, int]: ...
 
     def in_flight_requests(self) -> int: ...
+
+
+@dataclass
+class Health:
+    """otelbpf's own counters at one moment: what the exit summary prints and the self-metrics report."""
+
+    kernel: dict[str, int]
+    requests_seen: int
+    spans_built: int
+    spans_exported: int
+    queued: int  # accepted by the export queue, not yet settled
+    lost: dict[str, int]  # by LOSS_REASONS key; "evicted" only when the in-flight requests were counted
+    unfinished: int  # requests neither finished nor lost by the kernel's count: in flight, or evicted
+    records: int  # ring-buffer records the collector took
+    record_bytes: int
 
 
 class RecordReader(Protocol):
@@ -95,6 +112,7 @@ class Collector:
         linker: TraceLinker | None = None,
         tap: Callable[[list[bytes]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self._source = source
         self._reader = reader
@@ -116,6 +134,10 @@ class Collector:
         self.active_pids: Counter[int] = Counter()
         self.malformed = 0
         self.build_errors = 0
+        # Request-duration histograms, fed every span on its way to the queue (None: no metrics).
+        self._metrics = metrics
+        self.records_taken = 0
+        self.record_bytes = 0
 
     def process_once(self) -> int:
         """Handle whatever the kernel has written; return the number of records taken."""
@@ -124,6 +146,8 @@ class Collector:
             return 0
         if self._tap is not None:
             self._tap(records)
+        self.records_taken += len(records)
+        self.record_bytes += sum(map(len, records))
         spans = []
         pids = []
         build = self._builder.build
@@ -164,7 +188,7 @@ class Collector:
         if linker is not None:
             spans = linker.take_early()
         if spans:
-            self._queue.submit(spans)
+            self._send(spans)
         return len(records)
 
     def release_linked(self, flush: bool = False) -> None:
@@ -173,11 +197,20 @@ class Collector:
             return
         now = self._clock()
         if flush:
-            self._queue.submit_waiting(self._linker.flush(now))
+            self._send(self._linker.flush(now), waiting=True)
             return
         ready = self._linker.take_ready(now)
         if ready:
-            self._queue.submit(ready)
+            self._send(ready)
+
+    def _send(self, spans: list[Span], waiting: bool = False) -> None:
+        """Count spans into the metrics (whether the queue takes them or not), then queue them."""
+        if self._metrics is not None:
+            self._metrics.record(spans)
+        if waiting:
+            self._queue.submit_waiting(spans)
+        else:
+            self._queue.submit(spans)
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
         """Loop until ``stop`` is set or the duration passes, then drain what is left."""
@@ -226,24 +259,48 @@ class Collector:
         active, self.active_pids = self.active_pids, Counter()
         return [pid for pid, _ in active.most_common(most)]
 
-    def summary(self, destination: str, extra_notes: dict[str, int] | None = None) -> Summary:
-        """Counters from the kernel, the builder and the queue, put together."""
-        kernel = self._source.read_stats()
+    def health(self, source: KernelSource | None = None, count_in_flight: bool = False) -> Health:
+        """The counters of the kernel (``source``, default the collector's own), the builder and the queue.
+
+        ``count_in_flight`` walks the kernel's connection table to tell requests in flight from evicted
+        ones: done at exit only, since a walk of a table that changes under it can restart over and over.
+        """
+        kernel = (source or self._source).read_stats()
         qstats = self._queue.stats()
         lost = {
-            LOSS_REASONS["lost_ringbuf_full"]: kernel.get("lost_ringbuf_full", 0),
-            LOSS_REASONS["sampled_out"]: kernel.get("sampled_out", 0),
-            LOSS_REASONS["queue_full"]: qstats.dropped.get("queue_full", 0),
-            LOSS_REASONS["export_failed"]: qstats.dropped.get("export_failed", 0),
-            LOSS_REASONS["shutdown"]: qstats.dropped.get("shutdown", 0),
-            LOSS_REASONS["malformed"]: self.malformed,
+            "lost_ringbuf_full": kernel.get("lost_ringbuf_full", 0),
+            "sampled_out": kernel.get("sampled_out", 0),
+            "queue_full": qstats.dropped.get("queue_full", 0),
+            "export_failed": qstats.dropped.get("export_failed", 0),
+            "shutdown": qstats.dropped.get("shutdown", 0),
+            "malformed": self.malformed,
         }
         finished = kernel.get("events", 0) + kernel.get("lost_ringbuf_full", 0) + kernel.get("sampled_out", 0)
         unfinished = max(0, kernel.get("requests", 0) - finished)
-        # A request neither finished nor still in the table was evicted with its connection's state
-        # (the LRU table was full): the kernel cannot count that itself, so it is counted here.
-        in_flight = min(unfinished, self._source.in_flight_requests()) if unfinished else 0
-        lost[LOSS_REASONS["evicted"]] = unfinished - in_flight
+        if count_in_flight:
+            # A request neither finished nor still in the table was evicted with its connection's state
+            # (the LRU table was full): the kernel cannot count that itself, so it is counted here.
+            in_flight = min(unfinished, (source or self._source).in_flight_requests()) if unfinished else 0
+            lost["evicted"] = unfinished - in_flight
+            unfinished = in_flight
+        return Health(
+            kernel=kernel,
+            requests_seen=kernel.get("requests", 0),
+            spans_built=self.spans_built,
+            spans_exported=qstats.exported,
+            queued=qstats.queued,
+            lost=lost,
+            unfinished=unfinished,
+            records=self.records_taken,
+            record_bytes=self.record_bytes,
+        )
+
+    def summary(self, destination: str, extra_notes: dict[str, int] | None = None) -> Summary:
+        """Counters from the kernel, the builder and the queue, put together."""
+        health = self.health(count_in_flight=True)
+        kernel = health.kernel
+        lost = {LOSS_REASONS[reason]: n for reason, n in health.lost.items()}
+        in_flight = health.unfinished
         notes = {
             "requests unfinished at exit": in_flight,
             "responses with no tracked request": kernel.get("orphan_responses", 0),
@@ -264,9 +321,9 @@ class Collector:
             **(extra_notes or {}),
         }
         return Summary(
-            requests_seen=kernel.get("requests", 0),
-            spans_built=self.spans_built,
-            spans_exported=qstats.exported,
+            requests_seen=health.requests_seen,
+            spans_built=health.spans_built,
+            spans_exported=health.spans_exported,
             destination=destination,
             lost=lost,
             notes=notes,

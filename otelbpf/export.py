@@ -1,8 +1,9 @@
 """OTLP export: span encoding, gRPC/HTTP exporters, endpoint settings and the batching export queue.
 
-This is the only module that knows OTLP/OpenTelemetry types; everything upstream works with
-``otelbpf.spans``. Encoding builds protobuf messages directly because the OTel SDK's span objects
-cost ~25 µs each, about four times the whole direct-protobuf path.
+This module and ``otlp_metrics`` are the only ones that know OTLP/OpenTelemetry types; everything upstream
+works with ``otelbpf.spans``. Encoding builds protobuf messages directly because the OTel SDK's span
+objects cost ~25 µs each, about four times the whole direct-protobuf path. The exporters and the
+settings serve both signals, traces and metrics.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 
 from otelbpf import __version__
@@ -36,7 +38,27 @@ logger = logging.getLogger(__name__)
 
 SCOPE_NAME = "otelbpf"
 GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+METRICS_GRPC_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 _USER_AGENT = f"otelbpf/{__version__}"
+
+TRACES = "traces"
+METRICS = "metrics"
+
+
+@dataclass(frozen=True)
+class _Signal:
+    """What differs between exporting traces and metrics: the gRPC method and the response's shape."""
+
+    grpc_method: str
+    response: Any  # the generated Export*ServiceResponse class
+    rejected_field: str  # the partial-success counter
+    items: str  # what the counter counts, for the log
+
+
+_SIGNALS = {
+    TRACES: _Signal(GRPC_METHOD, ExportTraceServiceResponse, "rejected_spans", "spans"),
+    METRICS: _Signal(METRICS_GRPC_METHOD, ExportMetricsServiceResponse, "rejected_data_points", "data points"),
+}
 
 # --------------------------------------------------------------------------------------------------
 # Encoding
@@ -55,10 +77,12 @@ def _any_value(value: AttributeValue) -> AnyValue:
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
+    if isinstance(value, tuple):
+        return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value]))
     return AnyValue(string_value=str(value))
 
 
-def _key_values(items: Any) -> list[KeyValue]:
+def key_values(items: Any) -> list[KeyValue]:
     """Convert (key, value) pairs to KeyValue messages."""
     return [KeyValue(key=k, value=_any_value(v)) for k, v in items]
 
@@ -77,7 +101,7 @@ def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServ
     scope = InstrumentationScope(name=SCOPE_NAME, version=scope_version)
     unset = StatusCode.UNSET
     for resource, group in by_resource.items():
-        rs = request.resource_spans.add(resource=PbResource(attributes=_key_values(resource.attributes)))
+        rs = request.resource_spans.add(resource=PbResource(attributes=key_values(resource.attributes)))
         # repeated.add(**kwargs) avoids building a temporary Span and copying it in.
         add = rs.scope_spans.add(scope=scope).spans.add
         for s in group:
@@ -90,14 +114,14 @@ def encode_request(spans: Sequence[Span], scope_version: str) -> ExportTraceServ
                 start_time_unix_nano=s.start_ns,
                 end_time_unix_nano=s.end_ns,
                 trace_state=s.trace_state,
-                attributes=_key_values(s.all_attributes().items()),
+                attributes=key_values(s.all_attributes().items()),
             )
             for link in s.links:
                 pb.links.add(
                     trace_id=link.trace_id,
                     span_id=link.span_id,
                     trace_state=link.trace_state,
-                    attributes=_key_values(link.attributes),
+                    attributes=key_values(link.attributes),
                 )
             if s.status != unset or s.status_message:
                 status = pb.status
@@ -149,7 +173,7 @@ class ExportError(Exception):
 
 
 class Exporter(Protocol):
-    """Sends one encoded ExportTraceServiceRequest; raises ExportError on failure."""
+    """Sends one encoded Export{Trace,Metrics}ServiceRequest; raises ExportError on failure."""
 
     def export(self, payload: bytes, span_count: int) -> None: ...
 
@@ -157,29 +181,53 @@ class Exporter(Protocol):
 _partial_log = _RateLimitedLog()
 
 
-def _log_partial_success(response: ExportTraceServiceResponse, span_count: int) -> None:
-    """Warn (rate-limited) about spans the backend took the request for but rejected."""
+def _log_partial_success(response: Any, count: int, signal: _Signal = _SIGNALS[TRACES]) -> None:
+    """Warn (rate-limited) about spans or data points the backend took the request for but rejected."""
     ps = response.partial_success
-    if ps.rejected_spans or ps.error_message:
-        _partial_log.warn("OTLP backend rejected %d of %d spans: %s", ps.rejected_spans, span_count, ps.error_message)
+    rejected = getattr(ps, signal.rejected_field)
+    if rejected or ps.error_message:
+        _partial_log.warn("OTLP backend rejected %d of %d %s: %s", rejected, count, signal.items, ps.error_message)
+
+
+def _read_certificate(path: str) -> bytes:
+    """The PEM bundle named by OTEL_EXPORTER_OTLP_[SIGNAL_]CERTIFICATE, or a one-line ValueError."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"OTLP certificate {path!r}: {exc.strerror or exc}") from None
 
 
 class GrpcExporter:
-    """OTLP/gRPC exporter; ``http://`` or bare ``host:port`` is plaintext, ``https://`` uses TLS."""
+    """OTLP/gRPC exporter; ``http://`` or bare ``host:port`` is plaintext, ``https://`` uses TLS.
 
-    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, timeout_s: float = 10.0):
+    ``certificate`` is a PEM file of trusted roots for TLS (default: the system's).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 10.0,
+        signal: str = TRACES,
+        certificate: str | None = None,
+    ):
         import grpc  # imported lazily: ~70 ms, and not needed by console or HTTP users
 
         url = endpoint if "://" in endpoint else "http://" + endpoint
         parts = _split_url(url, "gRPC endpoint")
         target = f"{_url_host(parts)}:{parts.port or 4317}"
         if parts.scheme == "https":
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+            roots = _read_certificate(certificate) if certificate else None
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
         else:
             self._channel = grpc.insecure_channel(target)
+        self._signal = _SIGNALS[signal]
         # request_serializer=None passes our already-encoded bytes through untouched.
         self._call = self._channel.unary_unary(
-            GRPC_METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
+            self._signal.grpc_method,
+            request_serializer=None,
+            response_deserializer=self._signal.response.FromString,
         )
         # gRPC metadata keys must be lowercase.
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
@@ -202,7 +250,7 @@ class GrpcExporter:
             details = e.details() if hasattr(e, "details") else str(e)
             name = code.name if code is not None else "UNKNOWN"
             raise ExportError(code in self._retryable, f"gRPC {name}: {details}") from None
-        _log_partial_success(response, span_count)
+        _log_partial_success(response, span_count, self._signal)
 
     def close(self) -> None:
         """Close the channel (cancels an in-flight call)."""
@@ -214,8 +262,16 @@ class HttpExporter:
 
     _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
-    def __init__(self, endpoint: str, headers: Mapping[str, str] | None = None, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 10.0,
+        signal: str = TRACES,
+        certificate: str | None = None,
+    ):
         parts = _split_url(endpoint, "HTTP endpoint")
+        self._signal = _SIGNALS[signal]
         self.url = endpoint
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -225,7 +281,11 @@ class HttpExporter:
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": _USER_AGENT}
         self._headers.update(headers or {})
         self._conn: http.client.HTTPConnection | None = None
-        self._ssl = ssl.create_default_context() if self._https else None
+        self._ssl = None
+        if self._https:
+            # Read here so a missing file is a one-line error at start, not a failure at the first export.
+            cadata = _read_certificate(certificate).decode("ascii", "replace") if certificate else None
+            self._ssl = ssl.create_default_context(cadata=cadata)
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._https:
@@ -256,7 +316,7 @@ class HttpExporter:
         if 200 <= status < 300:
             if body and "protobuf" in (resp.getheader("Content-Type") or ""):
                 try:
-                    _log_partial_success(ExportTraceServiceResponse.FromString(body), span_count)
+                    _log_partial_success(self._signal.response.FromString(body), span_count, self._signal)
                 except Exception:  # a malformed success body must not turn success into failure
                     logger.debug("undecodable OTLP/HTTP response body (%d bytes)", len(body))
             return
@@ -299,19 +359,20 @@ PROTOCOLS = ("grpc", "http/protobuf")
 
 @dataclass(frozen=True)
 class OtlpSettings:
-    """Resolved exporter settings; ``endpoint`` is ``scheme://host:port`` (gRPC) or the full traces URL."""
+    """Resolved exporter settings; ``endpoint`` is ``scheme://host:port`` (gRPC) or the full signal URL."""
 
     endpoint: str
     protocol: str
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 10.0
+    certificate: str | None = None  # PEM file of trusted roots for an https endpoint
+    signal: str = TRACES
 
 
 def create_exporter(settings: OtlpSettings) -> GrpcExporter | HttpExporter:
     """Build the exporter the settings describe."""
-    if settings.protocol == "grpc":
-        return GrpcExporter(settings.endpoint, settings.headers, settings.timeout_s)
-    return HttpExporter(settings.endpoint, settings.headers, settings.timeout_s)
+    kind = GrpcExporter if settings.protocol == "grpc" else HttpExporter
+    return kind(settings.endpoint, settings.headers, settings.timeout_s, settings.signal, settings.certificate)
 
 
 def _split_url(url: str, what: str) -> urllib.parse.SplitResult:
@@ -346,9 +407,9 @@ def parse_headers(text: str) -> dict[str, str]:
     return parse_kv_list(text, strict=True, what="OTLP header")
 
 
-def _env(env: Mapping[str, str], suffix: str) -> tuple[str | None, str | None]:
+def _env(env: Mapping[str, str], suffix: str, signal: str = TRACES) -> tuple[str | None, str | None]:
     """The signal-specific then the generic OTEL_EXPORTER_OTLP_<suffix> values, in precedence order."""
-    return env.get(f"OTEL_EXPORTER_OTLP_TRACES_{suffix}"), env.get(f"OTEL_EXPORTER_OTLP_{suffix}")
+    return env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_{suffix}"), env.get(f"OTEL_EXPORTER_OTLP_{suffix}")
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -363,9 +424,16 @@ def resolve_otlp_settings(
     protocol_flag: str | None,
     headers_flag: str | None,
     env: Mapping[str, str],
+    signal: str = TRACES,
 ) -> OtlpSettings | None:
-    """Resolve exporter settings from flags and OTEL_EXPORTER_OTLP_* env; None if no endpoint is set."""
-    protocol = (_first(protocol_flag, *_env(env, "PROTOCOL")) or "grpc").lower()
+    """Resolve one signal's exporter settings from flags and OTEL_EXPORTER_OTLP_* env; None if no endpoint.
+
+    Flags (shared by both signals) come first, then OTEL_EXPORTER_OTLP_<SIGNAL>_*, then OTEL_EXPORTER_OTLP_*.
+    """
+    if signal not in _SIGNALS:
+        raise ValueError(f"unknown OTLP signal {signal!r}")
+    var = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
+    protocol = (_first(protocol_flag, *_env(env, "PROTOCOL", signal)) or "grpc").lower()
     if protocol == "http/json":
         raise ValueError("OTLP protocol 'http/json' is not supported; use 'grpc' or 'http/protobuf'")
     if protocol not in PROTOCOLS:
@@ -373,43 +441,45 @@ def resolve_otlp_settings(
 
     if (raw := _first(endpoint_flag)) is not None:
         source = "flag"
-    elif (raw := _first(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))) is not None:
-        source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    elif (raw := _first(env.get(var + "ENDPOINT"))) is not None:
+        source = var + "ENDPOINT"
     elif (raw := _first(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))) is not None:
         source = "OTEL_EXPORTER_OTLP_ENDPOINT"
     else:
         return None
 
     if protocol == "grpc":
-        endpoint = _grpc_endpoint(raw, source, env)
+        endpoint = _grpc_endpoint(raw, source, env, signal)
     else:
         url = raw if "://" in raw else "http://" + raw
         parts = _split_url(url, f"OTLP endpoint ({source})")
         if source == "OTEL_EXPORTER_OTLP_ENDPOINT":
             # A base URL: the signal path is appended, keeping any base path ("/x/" -> "/x/v1/traces").
-            url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/traces"))
+            url = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + f"/v1/{signal}"))
         elif source == "flag" and parts.path in ("", "/"):
-            url = urllib.parse.urlunsplit(parts._replace(path="/v1/traces"))
+            url = urllib.parse.urlunsplit(parts._replace(path=f"/v1/{signal}"))
         endpoint = url  # the signal-specific variable (or a flag with a path) is used as is
 
-    headers_text = _first(headers_flag, *_env(env, "HEADERS"))
+    headers_text = _first(headers_flag, *_env(env, "HEADERS", signal))
     headers = parse_headers(headers_text) if headers_text else {}
 
     timeout_s = 10.0
-    for name in ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
+    for name in (var + "TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
         if (value := _first(env.get(name))) is not None:
             timeout_s = _positive_number(name, value) / 1000.0
             break
-    return OtlpSettings(endpoint=endpoint, protocol=protocol, headers=headers, timeout_s=timeout_s)
+    certificate = _first(*_env(env, "CERTIFICATE", signal))
+    return OtlpSettings(endpoint, protocol, headers, timeout_s, certificate, signal)
 
 
-def _grpc_endpoint(raw: str, source: str, env: Mapping[str, str]) -> str:
+def _grpc_endpoint(raw: str, source: str, env: Mapping[str, str], signal: str = TRACES) -> str:
     """Normalize a gRPC endpoint to ``http(s)://host:port``."""
     if "://" not in raw:
         # Spec: OTEL_EXPORTER_OTLP_[TRACES_]INSECURE decides for scheme-less endpoints. We default to
         # plaintext (the spec says TLS) because a bare host:port is almost always a local collector.
-        value = _first(*_env(env, "INSECURE"))
-        insecure = True if value is None else _parse_bool("OTEL_EXPORTER_OTLP_[TRACES_]INSECURE", value)
+        value = _first(*_env(env, "INSECURE", signal))
+        name = f"OTEL_EXPORTER_OTLP_[{signal.upper()}_]INSECURE"
+        insecure = True if value is None else _parse_bool(name, value)
         raw = ("http://" if insecure else "https://") + raw
     parts = _split_url(raw, f"OTLP gRPC endpoint ({source})")
     if parts.path not in ("", "/"):

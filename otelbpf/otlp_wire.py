@@ -54,6 +54,8 @@ def _any_value(value: AttributeValue) -> bytes:
         return b"\x18" + _varint(value)
     if isinstance(value, float):
         return b"\x21" + _double(value)
+    if isinstance(value, tuple):  # AnyValue.array_value: ArrayValue{repeated AnyValue values = 1}
+        return _field(5, b"".join(_field(1, _any_value(v)) for v in value))
     return _field(1, str(value).encode("utf-8", "replace"))
 
 

@@ -15,13 +15,37 @@ class PreflightError(RuntimeError):
     """The machine cannot run otelbpf as it is; the message says what to do."""
 
 
-def check_root() -> None:
-    """otelbpf loads eBPF programs, which needs root."""
+# Capability bits (linux/capability.h). CAP_BPF and CAP_PERFMON split CAP_SYS_ADMIN's eBPF rights in Linux 5.8.
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+def effective_capabilities(status: Path = Path("/proc/self/status")) -> int | None:
+    """This process's effective capability mask, or None where /proc does not say."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_root(status: Path = Path("/proc/self/status")) -> None:
+    """otelbpf loads eBPF programs, which needs root, and root's capabilities (a container may drop them)."""
     if os.geteuid() != 0:
         raise PreflightError(
             "otelbpf must run as root (it loads eBPF programs: CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN); "
             "try: sudo otelbpf run ..."
         )
+    caps = effective_capabilities(status)
+    if caps is None or caps >> CAP_SYS_ADMIN & 1 or (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
+        return
+    raise PreflightError(
+        "running as root but without the capabilities to load eBPF programs (CAP_BPF and CAP_PERFMON, or "
+        "CAP_SYS_ADMIN); in a container, run it privileged (docker run --privileged --pid host)"
+    )
 
 
 def tracefs_root() -> Path:

@@ -331,7 +331,9 @@ def _decode(kind: int, payload: bytes) -> Entry:
             return Entry(Kind.CLOCK, _OFFSET.unpack(payload)[0])
         if kind == Kind.RESOURCE:
             call, pid = _RESOURCE.unpack_from(payload)
-            attributes = tuple((k, v) for k, v in json.loads(payload[_RESOURCE.size :]))
+            # JSON has no tuples: string arrays come back as lists.
+            items = json.loads(payload[_RESOURCE.size :])
+            attributes = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in items)
             return Entry(Kind.RESOURCE, (call, pid, Resource(attributes)))
         if kind in (Kind.META, Kind.END):
             return Entry(Kind(kind), json.loads(payload))

@@ -1,4 +1,4 @@
-"""OpenTelemetry resources for traced processes, read from /proc once per process."""
+"""OpenTelemetry resources for traced processes, read from /proc (and container runtimes) once per process."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from collections.abc import Mapping
 
 import psutil
 
-from otelbpf import __version__
+from otelbpf import __version__, service_name
+from otelbpf.containers import ContainerMetadata, in_container
 from otelbpf.events import ProcessEvent
+from otelbpf.kubernetes import KubernetesMetadata, node_name
 from otelbpf.kvlist import parse_kv_list
 from otelbpf.spans import AttributeValue, Resource
 
@@ -60,13 +62,17 @@ class ResourceCache:
         env: Mapping[str, str] | None = None,
         capacity: int = 4096,
         revalidate_s: float = 30.0,
+        containers: ContainerMetadata | None = None,
     ) -> None:
         env = os.environ if env is None else env
         self._override = parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
         service = env.get("OTEL_SERVICE_NAME", "").strip()
         if service:
             self._override["service.name"] = service
-        self._host = socket.gethostname()
+        self._host = host_name(env)
+        if containers is None:
+            containers = ContainerMetadata(kubernetes=KubernetesMetadata(node_name=node_name(env, self._host)))
+        self._containers = containers
         self._capacity = capacity
         self._revalidate_s = revalidate_s
         self._cache: OrderedDict[int, tuple[Resource, float, float]] = OrderedDict()
@@ -116,26 +122,29 @@ class ResourceCache:
         }
         created = 0.0
         own_env: dict[str, str] = {}
-        exe_name = ""
+        exe_name = cwd = ""
+        argv: list[str] = []
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
                 created = proc.create_time()
                 exe = _safe(proc.exe) or ""
-                cmdline = _safe(proc.cmdline) or []
+                argv = _safe(proc.cmdline) or []
                 exe_name = os.path.basename(exe) if exe else (_safe(proc.name) or "")
                 own_env = _safe(proc.environ) or {}
+                cwd = _safe(proc.cwd) or ""
             if exe:
                 attrs["process.executable.path"] = exe
             if exe_name:
                 attrs["process.executable.name"] = exe_name
-            if cmdline:
-                attrs["process.command_line"] = " ".join(cmdline)[:_MAX_CMDLINE]
+            if argv:
+                attrs["process.command_line"] = " ".join(argv)[:_MAX_CMDLINE]
         except psutil.Error as exc:
             logger.debug("process %d could not be read (%s); using what the kernel reported", pid, exc)
             facts = self._exec_facts.get(pid)
             if facts is not None:
                 exe_name = os.path.basename(facts.filename) or facts.comm
+                argv = facts.argv
                 if facts.filename:
                     attrs["process.executable.path"] = facts.filename
                 if facts.argv:
@@ -145,14 +154,43 @@ class ResourceCache:
             if exe_name:
                 attrs["process.executable.name"] = exe_name
         attrs["telemetry.sdk.language"] = detect_language(exe_name)
+        # Once per process (the resource is cached): a cgroup read, and per new container a bounded lookup.
+        container = self._containers.of_pid(pid)
+        if container is not None:
+            attrs.update(container.attributes)
         # The process's own OpenTelemetry settings describe it best; otelbpf's own env overrides.
-        attrs["service.name"] = exe_name or f"unknown_service:{pid}"
-        attrs.update(parse_resource_attributes(own_env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
-        own_service = own_env.get("OTEL_SERVICE_NAME", "").strip()
-        if own_service:
-            attrs["service.name"] = own_service
+        own_attrs = parse_resource_attributes(own_env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+        attrs.update(own_attrs)
+        attrs["service.name"] = service_name.choose(
+            own_service=own_env.get("OTEL_SERVICE_NAME", ""),
+            own_attributes=own_attrs,
+            workload=container.workload if container else "",
+            container=container.name if container else "",
+            argv=argv,
+            exe_name=exe_name,
+            cwd=cwd,
+            fallback=f"unknown_service:{pid}",
+        )
         attrs.update(self._override)
         return Resource(tuple(sorted(attrs.items()))), created
+
+
+def host_name(env: Mapping[str, str], proc: str = "/proc") -> str:
+    """host.name: OTELBPF_HOST_NAME or K8S_NODE_NAME if set; the host's own name when otelbpf runs in a
+    container (with pid: host, /proc/1/root is the host's root); else this machine's host name."""
+    for name in ("OTELBPF_HOST_NAME", "K8S_NODE_NAME"):
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    if in_container(proc):
+        try:
+            with open(f"{proc}/1/root/etc/hostname") as f:
+                value = f.read().strip()
+            if value:
+                return value
+        except OSError as exc:
+            logger.debug("the host's /etc/hostname is not readable (%s): using this container's host name", exc)
+    return socket.gethostname()
 
 
 def _safe(fn):  # type: ignore[no-untyped-def]

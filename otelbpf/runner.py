@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import os
@@ -22,6 +23,7 @@ from otelbpf.btf import BtfError
 from otelbpf.clock import ClockMap
 from otelbpf.collector import Collector, KernelSource, RecordReader
 from otelbpf.console import ConsolePrinter, ConsoleQueue
+from otelbpf.containers import ContainerMetadata, DockerMetadata, docker_socket
 from otelbpf.correlate import IdGenerator, SpanBuilder
 from otelbpf.export import (
     BatchQueue,
@@ -32,10 +34,13 @@ from otelbpf.export import (
 )
 from otelbpf.governor import LoadGovernor
 from otelbpf.kernel_offsets import all_offsets
+from otelbpf.kubernetes import KubeApi, KubeletLogs, KubernetesMetadata, node_name
 from otelbpf.linking import TraceLinker
+from otelbpf.metrics import RequestMetrics
+from otelbpf.otlp_metrics import MetricsExporter, MetricsSettings, resolve_metrics_settings, start_metrics
 from otelbpf.recording import Recorder
-from otelbpf.resources import ResourceCache
-from otelbpf.targets import TargetError, TargetSpec, exes_not_running, resolve
+from otelbpf.resources import ResourceCache, host_name
+from otelbpf.targets import ContainerWatch, TargetError, TargetSpec, exes_not_running, resolve
 from otelbpf.tls_follow import TlsFollower
 from otelbpf.tls_libraries import LibraryScanner, TlsLibrary
 from otelbpf.tls_processes import ProcessProbes
@@ -70,6 +75,22 @@ def export_queue(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Batc
     except ValueError as exc:
         raise RunError(str(exc)) from exc
     return ExportQueue(exporter, scope_version=__version__, **qkw), f"OTLP {settings.protocol} {settings.endpoint}"
+
+
+def metrics_settings(args: argparse.Namespace, env: Mapping[str, str]) -> MetricsSettings | None:
+    """Where and how metrics go, as the flags and environment ask; None: no metrics."""
+    try:
+        return resolve_metrics_settings(
+            args.otlp_endpoint,
+            args.otlp_protocol,
+            args.otlp_headers,
+            env,
+            enabled=args.metrics,
+            interval_s=args.metric_export_interval,
+            temporality=args.metric_temporality,
+        )
+    except ValueError as exc:
+        raise RunError(str(exc)) from exc
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -130,7 +151,7 @@ def _tls_wanted(args: argparse.Namespace) -> bool:
 def tls_per_process(args: argparse.Namespace, spec: TargetSpec) -> bool:
     """Whether TLS probes go on per traced process (--tls-attach; auto: when the selection names processes)."""
     if args.tls_attach == "per-process" and spec.trace_all:
-        raise RunError("--tls-attach per-process needs a selection (--pid, --exe or --port)")
+        raise RunError("--tls-attach per-process needs a selection (--pid, --exe, --port or --container)")
     if args.tls_attach == "auto":
         return not spec.trace_all
     return args.tls_attach == "per-process"
@@ -141,7 +162,9 @@ def programs_to_come(spec: TargetSpec, scanner: LibraryScanner | None = None) ->
     map no TLS library themselves (shells, supervisors, test runners) and --exe names nothing runs yet.
 
     Such a program makes its first TLS call a few milliseconds after exec: sooner than a per-process
-    attach (about one RCU grace period a probe, 20-30 ms here) can be in place.
+    attach (about one RCU grace period a probe, 20-30 ms here) can be in place. --container selections
+    are not counted: a container's TLS libraries are its image's files, which hooking the host's
+    libraries file-wide would not cover.
     """
     scanner = scanner or LibraryScanner()
     found = [f"pid {pid}" for pid in spec.pids if scanner.libraries_of(pid) == []]
@@ -215,6 +238,7 @@ def check_scan_intervals(args: argparse.Namespace) -> None:
     for flag, value in (
         ("--tls-scan-interval", args.tls_scan_interval),
         ("--port-scan-interval", args.port_scan_interval),
+        ("--container-scan-interval", args.container_scan_interval),
     ):
         if value < 0:
             raise RunError(f"{flag} must be 0 (scan only at start) or more, got {value:g}")
@@ -238,6 +262,76 @@ def _port_rescan(
             joined(fresh)
         for pid in sorted(fresh):
             logger.info("now tracing pid %d (%s): it listens on a selected port", pid, _comm(pid))
+
+    return rescan
+
+
+def _late_targets(spec: TargetSpec, watch: ContainerWatch | None, known: set[int]) -> set[int]:
+    """Selected processes that were not there at the first resolve."""
+    # A --pid that exited during the compile is no error now: its spans, if any, are already in the ring.
+    alive = dataclasses.replace(spec, pids=[pid for pid in spec.pids if psutil.pid_exists(pid)])
+    try:
+        return resolve(alive, containers=watch) - known
+    except TargetError as exc:
+        logger.warning("selection changed while the probes were compiled: %s", exc)
+        return set()
+
+
+def container_metadata(args: argparse.Namespace, env: Mapping[str, str]) -> ContainerMetadata:
+    """Where container and pod names come from, as the flags and the environment say."""
+    api = KubeApi.from_env(env) if args.kube_api else None
+    kube = KubernetesMetadata(KubeletLogs(args.kube_log_dir), api, node_name(env, host_name(env)))
+    return ContainerMetadata(DockerMetadata(docker_socket(args.docker_socket, env), args.docker_dir), kube)
+
+
+def container_watch(spec: TargetSpec, metadata: ContainerMetadata) -> ContainerWatch | None:
+    """What finds the processes of --container selections, asking ``metadata`` for names; None without any."""
+    if not spec.containers:
+        return None
+    return ContainerWatch(spec.containers, lambda ref: metadata.of_container(ref).names)
+
+
+def check_containers(watch: ContainerWatch, scan_interval: float) -> None:
+    """Refuse an id prefix that matches several containers; warn of selected containers not running yet."""
+    for selector, ids in sorted(watch.ambiguous().items()):
+        listed = ", ".join(sorted(i[:12] for i in ids))
+        raise RunError(f"--container {selector} matches {len(ids)} containers: {listed}")
+    for selector in watch.not_running():
+        if scan_interval > 0:
+            logger.warning("container %s is not running: it will be traced when it starts", selector)
+        else:
+            logger.warning("container %s is not running (and --container-scan-interval 0 never looks again)", selector)
+
+
+def _container_rescan(
+    probes: KernelProbes, watch: ContainerWatch, joined: Callable[[set[int]], None] | None = None
+) -> Callable[[], None]:
+    """A periodic job: trace processes of selected containers that started since the last look (and tell
+    ``joined``, which hooks their TLS libraries)."""
+    announced: set[str] = set()
+
+    def rescan() -> None:
+        found = watch.scan()
+        if not found:
+            return
+        # Children of traced processes are in the kernel's table already (it follows forks).
+        known = set(probes.target_pids())
+        fresh = {pid: ref for pid, ref in found.items() if pid not in known}
+        if not fresh:
+            return
+        probes.add_targets(set(fresh))
+        if joined is not None:
+            joined(set(fresh))
+        for pid, ref in sorted(fresh.items()):
+            first = ref.id not in announced
+            announced.add(ref.id)
+            logger.log(
+                logging.INFO if first else logging.DEBUG,
+                "now tracing pid %d (%s): it runs in selected container %s",
+                pid,
+                _comm(pid),
+                ref.id[:12],
+            )
 
     return rescan
 
@@ -285,21 +379,26 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print("// cflags: " + " ".join(render_cflags(settings, {})))
         return 0
 
-    spec = TargetSpec(pids=args.pid, exes=args.exe, ports=args.port)
+    spec = TargetSpec(pids=args.pid, exes=args.exe, ports=args.port, containers=args.container)
+    containers = container_metadata(args, env)
+    watch = container_watch(spec, containers)
     per_process = tls_per_process(args, spec)
     try:
         preflight.check_root()
         preflight.check_btf()
         preflight.check_tracepoints(TRACEPOINTS)
         preflight.check_kernel_headers()
-        pids = resolve(spec)
+        pids = resolve(spec, containers=watch)
         offsets = all_offsets()
         user_tls = user_libraries(args.tls_library) if args.tls else []
     except (preflight.PreflightError, TargetError, BtfError, TlsConfigError) as exc:
         raise RunError(str(exc)) from exc
+    if watch is not None:
+        check_containers(watch, args.container_scan_interval)
     if args.service_name:
         env = {**env, "OTEL_SERVICE_NAME": args.service_name}
 
+    msettings = metrics_settings(args, env)
     recorder = _open_recorder(args)
     queue, destination = export_queue(args, env)
     try:
@@ -312,11 +411,19 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from otelbpf.ringbuf import RingBufferReader
 
     follower: TlsFollower | None = None
+    metrics: MetricsExporter | None = None
     try:
         self_pid = os.getpid()
         if not spec.trace_all:
             probes.add_target_comms(spec.exes)
             probes.add_targets(pids)
+            # Compiling took seconds: what started meanwhile (a compose stack coming up with us) matched no
+            # exec rule yet. Now that the kernel follows new execs and children, look once more.
+            late = _late_targets(spec, watch, pids)
+            if late:
+                probes.add_targets(late)
+                pids |= late
+                logger.info("%d selected processes started while the probes were compiled; now traced", len(late))
         tls_wanted = _tls_wanted(args)
         follow = FOLLOW_NONE if not tls_wanted else FOLLOW_ALL if per_process else FOLLOW_EXECS
         probes.configure(
@@ -329,6 +436,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if spec.ports and args.port_scan_interval > 0:
             joined = follower.add_processes if follower is not None else None
             periodic.append((args.port_scan_interval, _port_rescan(probes, spec.ports, pids, joined)))
+        if watch is not None and args.container_scan_interval > 0:
+            joined = follower.add_processes if follower is not None else None
+            periodic.append((args.container_scan_interval, _container_rescan(probes, watch, joined)))
         governor = None
         if args.adaptive:
             try:
@@ -351,7 +461,20 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             periodic.append((1.0, govern))
         # Drawn here, not inside IdGenerator, so that a recording keeps it: replay then draws the same ids.
         seed = random.SystemRandom().getrandbits(64)
-        collector = pipeline(args, env, probes, reader, queue, seed, recorder, periodic)
+        requests = RequestMetrics(delta=msettings.histograms_delta) if msettings else None
+        collector = pipeline(
+            args, env, probes, reader, queue, seed, recorder, periodic, metrics=requests, containers=containers
+        )
+        if msettings is not None and requests is not None:
+            # The raw probes, not the recording's wrapper: it writes down only the exit summary's reads.
+            metrics = start_metrics(
+                msettings,
+                requests,
+                lambda final: collector.health(probes, count_in_flight=final),
+                lambda: governor.limit if governor is not None else args.max_spans_per_second,
+                env,
+                __version__,
+            )
         stop = threading.Event()
         install_signal_handlers(stop)
         what = spec.describe()
@@ -372,6 +495,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         collector.run(stop, args.duration or None)
         # Every finished span goes out before the summary, bounded so a dead backend cannot hang exit.
         queue.shutdown(timeout_s=10.0)
+        if metrics is not None:
+            metrics.shutdown(timeout_s=10.0)  # after the last spans were counted; bounded like the queue's
         if follower is not None:
             follower.stop()  # the summary below reads what it counted
         notes = _tls_notes(tls, probes.read_stats().get("task_events_lost", 0)) if tls is not None else {}
@@ -380,9 +505,13 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 "seconds traced at a reduced rate (CPUs saturated)": governor.stats.seconds_reduced,
                 "lowest rate applied (requests/s)": governor.stats.lowest_limit,
             }
+        if metrics is not None:
+            notes |= metrics.notes()
         summary = collector.summary(destination, notes)
         print(summary.format(), file=sys.stderr, flush=True)
     finally:
+        if metrics is not None:
+            metrics.stop()  # a no-op after shutdown; on an error path, no last export
         if follower is not None:
             follower.stop()  # before the probes it attaches go
         probes.close()
@@ -401,10 +530,12 @@ def pipeline(
     recorder: Recorder | None = None,
     periodic: list[tuple[float, Callable[[], None]]] | None = None,
     clock: ClockMap | None = None,
+    containers: ContainerMetadata | None = None,
+    metrics: RequestMetrics | None = None,
 ) -> Collector:
     """Span builder, linker and collector as the flags ask; a recorder also writes down every input they take."""
     ids = IdGenerator(seed)  # one id source for the builder and the linker
-    resources = ResourceCache(env)
+    resources = ResourceCache(env, containers=containers or container_metadata(args, env))
     builder = SpanBuilder(
         resources if recorder is None else recorder.resources(resources),  # type: ignore[arg-type]
         clock or ClockMap(),
@@ -423,6 +554,7 @@ def pipeline(
         args.response_capture_bytes,
         periodic=[(5.0, refresh), *(periodic or [])],
         linker=linker_for(args, ids),
+        metrics=metrics,
         **taps,  # type: ignore[arg-type]
     )
     if recorder is not None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-AttributeValue = str | int | float | bool
+# Tuples are string arrays (container.image.tags); everything else on a span is a single value.
+AttributeValue = str | int | float | bool | tuple[str, ...]
 
 
 class SpanKind(enum.IntEnum):

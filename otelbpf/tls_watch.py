@@ -233,7 +233,7 @@ class TlsWatcher:
             logger.debug(
                 "TLS: attach to %s for pid %d failed after %.1f ms", lib.path, pid, (time.monotonic() - t0) * 1000
             )
-            if os.path.exists(f"/proc/{pid}"):
+            if _running(pid):
                 self.stats.attach_failures += 1
                 logger.warning("TLS: could not attach to %s for pid %d: %s", lib.path, pid, exc)
             else:
@@ -288,3 +288,14 @@ class TlsWatcher:
         seen_in = f" (mapped by pid {lib.pid})" if lib.pid else ""
         logger.info("TLS: attached %s (%s) %s: %d probes%s", lib.kind, lib.linked, lib.path, n, seen_in)
         return n
+
+
+def _running(pid: int) -> bool:
+    """True while pid runs: an exiting process (a zombie, or gone) makes a failed attach no fault of ours."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # The state follows the command name, which may itself hold ")" : take the last one.
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X", b"x")

@@ -1,4 +1,8 @@
-"""A real OTLP trace receiver (gRPC and HTTP/protobuf) for tests, with failure injection."""
+"""A real OTLP trace and metrics receiver (gRPC and HTTP/protobuf) for tests, with failure injection.
+
+Traces and metrics are kept apart: ``spans``/``requests``/``wait_for``/``fail_with`` see traces only;
+``metric_points``/``metric_requests``/``wait_for_metrics``/``fail_metrics_with`` see metrics only.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -102,6 +111,73 @@ def flatten(request: ExportTraceServiceRequest, protocol: str) -> list[ReceivedS
     return out
 
 
+@dataclass
+class ReceivedPoint:
+    """One received metric data point, flattened: a histogram's count/sum/buckets, or a number's value."""
+
+    metric: str
+    kind: str  # "histogram", "sum" or "gauge"
+    unit: str
+    temporality: int  # AggregationTemporality: 1 delta, 2 cumulative, 0 for gauges
+    monotonic: bool
+    attributes: dict[str, Any]
+    start_ns: int
+    time_ns: int
+    resource: dict[str, Any]
+    scope: str
+    protocol: str
+    value: float | int | None = None  # sums and gauges
+    count: int = 0  # histograms
+    sum: float = 0.0
+    bucket_counts: list[int] = field(default_factory=list)
+    explicit_bounds: list[float] = field(default_factory=list)
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass
+class ReceivedMetricsRequest:
+    """One metrics export request: transport, HTTP path (empty for gRPC), headers and its points."""
+
+    protocol: str
+    path: str
+    headers: dict[str, str]
+    points: list[ReceivedPoint] = field(default_factory=list)
+
+
+def flatten_metrics(request: ExportMetricsServiceRequest, protocol: str) -> list[ReceivedPoint]:
+    """Flatten every data point of a metrics request into ReceivedPoint records."""
+    out = []
+    for rm in request.resource_metrics:
+        resource = attributes(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                which = m.WhichOneof("data")
+                common = dict(metric=m.name, kind=which, unit=m.unit, resource=resource, scope=sm.scope.name,
+                              protocol=protocol)  # fmt: skip
+                if which == "histogram":
+                    for p in m.histogram.data_points:
+                        out.append(ReceivedPoint(
+                            **common, temporality=m.histogram.aggregation_temporality, monotonic=True,
+                            attributes=attributes(p.attributes), start_ns=p.start_time_unix_nano,
+                            time_ns=p.time_unix_nano, count=p.count, sum=p.sum, bucket_counts=list(p.bucket_counts),
+                            explicit_bounds=list(p.explicit_bounds), min=p.min if p.HasField("min") else None,
+                            max=p.max if p.HasField("max") else None,
+                        ))  # fmt: skip
+                elif which in ("sum", "gauge"):
+                    data = getattr(m, which)
+                    temporality = data.aggregation_temporality if which == "sum" else 0
+                    monotonic = data.is_monotonic if which == "sum" else False
+                    for p in data.data_points:
+                        value = getattr(p, p.WhichOneof("value")) if p.WhichOneof("value") else None
+                        out.append(ReceivedPoint(
+                            **common, temporality=temporality, monotonic=monotonic,
+                            attributes=attributes(p.attributes), start_ns=p.start_time_unix_nano,
+                            time_ns=p.time_unix_nano, value=value,
+                        ))  # fmt: skip
+    return out
+
+
 class _Failure:
     """An injected failure: a status to answer with, for `remaining` more requests (None = forever)."""
 
@@ -120,6 +196,9 @@ class OtlpReceiver:
         self._requests: list[ReceivedRequest] = []
         self._grpc_failure: _Failure | None = None
         self._http_failure: _Failure | None = None
+        self._points: list[ReceivedPoint] = []
+        self._metric_requests: list[ReceivedMetricsRequest] = []
+        self._metrics_failure: _Failure | None = None
         self._grpc_server: grpc.Server | None = None
         self._http_server: http.server.ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
@@ -132,6 +211,7 @@ class OtlpReceiver:
         """Start both servers."""
         self._grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self), self._grpc_server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsServicer(self), self._grpc_server)
         self.grpc_port = self._grpc_server.add_insecure_port("127.0.0.1:0")
         self._grpc_server.start()
 
@@ -174,7 +254,7 @@ class OtlpReceiver:
 
     @property
     def http_endpoint(self) -> str:
-        """HTTP base endpoint (append ``/v1/traces`` for the traces URL)."""
+        """HTTP base endpoint (append ``/v1/traces`` or ``/v1/metrics`` for a signal's URL)."""
         return f"http://127.0.0.1:{self.http_port}"
 
     def spans(self) -> list[ReceivedSpan]:
@@ -212,6 +292,54 @@ class OtlpReceiver:
             else:
                 self._http_failure = _Failure(int(status), times, retry_after)
 
+    # ---- metrics
+
+    def metric_points(self, name: str | None = None) -> list[ReceivedPoint]:
+        """Metric points received so far (successful requests only), of one metric if ``name`` is given."""
+        with self._lock:
+            return [p for p in self._points if name is None or p.metric == name]
+
+    def metric_requests(self) -> list[ReceivedMetricsRequest]:
+        """All metrics requests received so far, including the ones answered with an injected failure."""
+        with self._lock:
+            return list(self._metric_requests)
+
+    def wait_for_metrics(self, name: str, timeout_s: float = 5.0) -> list[ReceivedPoint]:
+        """Wait until at least one point of metric ``name`` arrived (or the timeout); return its points."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while not any(p.metric == name for p in self._points):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            return [p for p in self._points if p.metric == name]
+
+    def fail_metrics_with(self, status: Any, times: int | None = None) -> None:
+        """Answer metrics requests (both transports) with ``status`` ``times`` times; None clears.
+
+        ``status`` is an HTTP status; gRPC answers with UNAVAILABLE for 5xx/429, else INVALID_ARGUMENT.
+        """
+        with self._lock:
+            self._metrics_failure = None if status is None else _Failure(int(status), times, None)
+
+    def _record_metrics(
+        self, protocol: str, path: str, headers: dict[str, str], request: ExportMetricsServiceRequest
+    ) -> _Failure | None:
+        """Record one metrics request; return the injected failure to answer with, if any."""
+        points = flatten_metrics(request, protocol)
+        with self._lock:
+            failure = self._metrics_failure
+            if failure is not None and failure.remaining is not None:
+                failure.remaining -= 1
+                if failure.remaining <= 0:
+                    self._metrics_failure = None
+            self._metric_requests.append(ReceivedMetricsRequest(protocol, path, headers, points))
+            if failure is None:
+                self._points.extend(points)
+                self._lock.notify_all()
+            return failure
+
     # ---- shared by both transports
 
     def _record(self, protocol: str, path: str, headers: dict[str, str], request: Any) -> _Failure | None:
@@ -246,12 +374,28 @@ class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
         return ExportTraceServiceResponse()
 
 
+class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, owner: OtlpReceiver) -> None:
+        self._owner = owner
+
+    def Export(self, request: ExportMetricsServiceRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        failure = self._owner._record_metrics("grpc", "", headers, request)
+        if failure is not None:
+            retryable = failure.status >= 500 or failure.status == 429
+            code = grpc.StatusCode.UNAVAILABLE if retryable else grpc.StatusCode.INVALID_ARGUMENT
+            context.abort(code, "injected failure")
+        return ExportMetricsServiceResponse()
+
+
 class _HttpHandler(http.server.BaseHTTPRequestHandler):
     owner: OtlpReceiver
     protocol_version = "HTTP/1.1"  # keep-alive, like a real collector
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path == "/v1/metrics":
+            return self._metrics(body)
         if self.path != "/v1/traces":
             return self._reply(404, b"not found", "text/plain")
         if self.headers.get("Content-Type") != "application/x-protobuf":
@@ -266,6 +410,19 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             extra = {"Retry-After": failure.retry_after} if failure.retry_after else {}
             return self._reply(failure.status, b"injected failure", "text/plain", extra)
         self._reply(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
+
+    def _metrics(self, body: bytes) -> None:
+        if self.headers.get("Content-Type") != "application/x-protobuf":
+            return self._reply(415, b"unsupported content type", "text/plain")
+        try:
+            request = ExportMetricsServiceRequest.FromString(body)
+        except Exception:
+            return self._reply(400, b"bad protobuf", "text/plain")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        failure = self.owner._record_metrics("http", self.path, headers, request)
+        if failure is not None:
+            return self._reply(failure.status, b"injected failure", "text/plain")
+        self._reply(200, ExportMetricsServiceResponse().SerializeToString(), "application/x-protobuf")
 
     def _reply(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)

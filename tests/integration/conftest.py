@@ -250,3 +250,21 @@ def redis_server_bin() -> str:
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     assert server and cli, "redis-server and redis-cli are not installed (make setup installs redis-server)"
     return server
+
+
+# scripts/docker-engine.sh writes this when it had to start dockerd itself (CI, a fresh machine).
+DOCKERD_PIDFILE = Path("/run/otelbpf-dockerd.pid")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the dockerd the container tests started, so that no engine outlives the run (a chroot's mounts)."""
+    try:
+        pid = int(DOCKERD_PIDFILE.read_text())
+        proc = psutil.Process(pid)
+        if proc.name() != "dockerd":
+            return
+        proc.terminate()
+        proc.wait(timeout=30)
+    except (OSError, ValueError, psutil.Error):
+        pass
+    DOCKERD_PIDFILE.unlink(missing_ok=True)

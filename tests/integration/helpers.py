@@ -374,9 +374,16 @@ def by_pid(spans: list[ReceivedSpan], pid: int) -> list[ReceivedSpan]:
 
 
 def exe_of(pid: int) -> tuple[str, str]:
-    """(process.executable.path, expected service.name) for a live process, as psutil sees it."""
-    exe = psutil.Process(pid).exe()
-    return exe, os.path.basename(exe)
+    """(process.executable.path, expected service.name) for a live process, as psutil sees it.
+
+    The name follows otelbpf.service_name's command-line rule (``python3 app.py`` -> ``app``), which
+    tests/unit/test_service_name.py and tests/integration/test_containers.py check literally.
+    """
+    from otelbpf.service_name import from_command
+
+    proc = psutil.Process(pid)
+    exe = proc.exe()
+    return exe, from_command(proc.cmdline(), os.path.basename(exe), proc.cwd())
 
 
 def assert_in_window(spans: list[ReceivedSpan], t0: int, t1: int) -> None:

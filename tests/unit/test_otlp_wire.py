@@ -13,7 +13,8 @@ from otelbpf.otlp_wire import _span, _varint, encode_export_request
 from otelbpf.spans import AttributeBlock, Resource, Span, SpanKind, SpanLink, StatusCode
 
 VALUES = ["", "x", "ünïcødé ✓", "a" * 300, 0, 1, -1, 2**63 - 1, -(2**63), 127, 128, 300, True, False, 0.0, -0.0,
-          1.5, float("inf")]  # fmt: skip
+          1.5, float("inf"), ("1.2",), ("1.2", "stable"), ()]  # fmt: skip
+# (Tuples are string arrays: container.image.tags.)
 
 
 def random_link(rng: random.Random) -> SpanLink:
@@ -119,3 +120,4 @@ def test_bytes_identical_to_generated_serializer_with_and_without_links() -> Non
         span.links = links
         ours = encode_export_request([span], SCOPE_NAME, "1")
         assert ours == encode_request([span], "1").SerializeToString(deterministic=True)
+

@@ -17,6 +17,35 @@ def test_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
         preflight.check_root()
 
 
+@pytest.mark.parametrize(
+    ("cap_eff", "allowed"),
+    [
+        ("000001ffffffffff", True),  # a privileged container, or root on the host
+        ("0000000000200000", True),  # CAP_SYS_ADMIN alone
+        ("000000c000000000", True),  # CAP_BPF and CAP_PERFMON
+        ("00000000a80425fb", False),  # Docker's default set
+        ("0000008000000000", False),  # CAP_BPF without CAP_PERFMON
+    ],
+)
+def test_root_without_capabilities(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cap_eff: str, allowed: bool
+) -> None:
+    monkeypatch.setattr(preflight.os, "geteuid", lambda: 0)
+    status = tmp_path / "status"
+    status.write_text(f"Name:\tpython3\nCapInh:\t0000000000000000\nCapEff:\t{cap_eff}\n")
+    if allowed:
+        preflight.check_root(status)
+        return
+    with pytest.raises(PreflightError, match="--privileged") as err:
+        preflight.check_root(status)
+    assert "\n" not in str(err.value)
+
+
+def test_capabilities_unknown_are_not_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(preflight.os, "geteuid", lambda: 0)
+    preflight.check_root(tmp_path / "missing")
+
+
 def test_missing_tracepoints_are_named(tmp_path: Path) -> None:
     (tmp_path / "events" / "sock" / "sock_recv_length").mkdir(parents=True)
     (tmp_path / "events" / "sock" / "sock_recv_length" / "format").write_text("")

@@ -13,7 +13,15 @@ from otelbpf.clock import ClockMap
 from otelbpf.recording import MAGIC, VERSION, Entry, Kind, Recorder, RecordingError, RecordingReader
 from otelbpf.spans import Resource
 
-RESOURCE = Resource((("process.pid", 7), ("service.name", "nginx"), ("telemetry.sdk.language", "native")))
+# A string array among them: JSON gives it back as a list, the reader must give back the tuple.
+RESOURCE = Resource(
+    (
+        ("container.image.tags", ("1.2",)),
+        ("process.pid", 7),
+        ("service.name", "nginx"),
+        ("telemetry.sdk.language", "native"),
+    )
+)
 META = {
     "seed": 99, "capture_bytes": 512, "resp_capture_bytes": 256, "capture_query": False,
     "raw_db_query_text": False, "link_window": 0.5, "link_max_hold": 10.0, "link_max_spans": 100000,

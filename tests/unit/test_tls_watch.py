@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -257,3 +259,19 @@ def test_file_wide_exec_hooks_a_new_program_once() -> None:
     assert kernel.file_wide == [SYSTEM_SSL.path, SYSTEM_GNUTLS.path, NODE.path]
     assert kernel.per_process == []
     assert watcher.stats.after_exec.count == 1
+
+
+def test_a_zombie_or_gone_process_is_not_running_so_its_failed_attach_is_no_fault():
+    import subprocess
+
+    from otelbpf.tls_watch import _running
+
+    child = subprocess.Popen(["true"])
+    for _ in range(100):  # not reaped yet: a zombie until wait()
+        if not _running(child.pid):
+            break
+        time.sleep(0.01)
+    assert not _running(child.pid)
+    child.wait()
+    assert not _running(child.pid)
+    assert _running(os.getpid())
