@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KREL := $(shell uname -r)
 
-.PHONY: setup demo test unit integration bench bench-https bench-connections bench-redis bench-pipeline lint clean
+.PHONY: setup demo test unit integration bench bench-https bench-connections bench-redis bench-pipeline lint image clean
 
 setup: .setup-stamp
 
@@ -42,6 +42,18 @@ bench-redis: setup
 
 bench-pipeline: setup
 	$(PY) bench/pipeline_stages.py
+
+# The container image otelbpf:latest; needs Docker only (no venv). A host's extra CA certificates (a proxy
+# in front of PyPI) reach the build's pip through .image-ca, removed again after the build.
+IMAGE := otelbpf:latest
+image:
+	bash scripts/docker-engine.sh >/dev/null
+	bash scripts/base-image.sh
+	rm -rf .image-ca && mkdir .image-ca && { cp /usr/local/share/ca-certificates/*.crt .image-ca/ 2>/dev/null || true; }
+	docker build --network host -t $(IMAGE) \
+	  --build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
+	  --build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) . ; \
+	  rc=$$?; rm -rf .image-ca; exit $$rc
 
 lint: setup
 	$(VENV)/bin/ruff check otelbpf tests bench scripts

@@ -15,9 +15,12 @@ DEMO="curl nginx-light openssl nodejs"
 # postgresql, mariadb-server and redis-server instances and drive them with psql, mariadb and redis-cli.
 TEST="gcc libc6-dev binutils make util-linux libnss3 libgnutls-openssl27 wget
   postgresql postgresql-client mariadb-server mariadb-client redis-server redis-tools"
+# make image and the container tests: Debian's Docker engine and docker-compose, and debootstrap to stand in the
+# base image when it cannot be pulled.
+CONTAINERS="docker.io docker-compose debootstrap"
 # make bench: load generators.
 BENCH="wrk apache2-utils"
-APT_PACKAGES=${APT_PACKAGES:-"$RUNTIME $DEMO $TEST $BENCH"}
+APT_PACKAGES=${APT_PACKAGES:-"$RUNTIME $DEMO $TEST $CONTAINERS $BENCH"}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (it installs packages and links kernel headers)" >&2
