@@ -27,6 +27,9 @@ if [ ! -s "$tarball" ]; then
   find "$root"/usr/share/doc -mindepth 1 ! -name copyright ! -type d -delete
   find "$root"/usr/share/doc -mindepth 1 -type d -empty -delete
   rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/*
+  # mktemp made the root 0700; an image's / must be 0755, or non-root container users (postgres) cannot
+  # reach /bin under storage drivers that keep the layer root's mode (vfs).
+  chmod 0755 "$root"
   mkdir -p "$cache"
   tar -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
   rm -rf "$root"
