@@ -466,7 +466,7 @@ def resolve_otlp_settings(
     timeout_s = 10.0
     for name in (var + "TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
         if (value := _first(env.get(name))) is not None:
-            timeout_s = _positive_number(name, value) / 1000.0
+            timeout_s = positive_number(name, value) / 1000.0
             break
     certificate = _first(*_env(env, "CERTIFICATE", signal))
     return OtlpSettings(endpoint, protocol, headers, timeout_s, certificate, signal)
@@ -487,13 +487,14 @@ def _grpc_endpoint(raw: str, source: str, env: Mapping[str, str], signal: str = 
     return f"{parts.scheme}://{_url_host(parts)}:{parts.port or 4317}"
 
 
-def _positive_number(name: str, value: str) -> float:
+def positive_number(name: str, value: str, unit: str = "") -> float:
+    """A finite number above zero from the environment variable ``name``; ValueError naming it otherwise."""
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r}: expected a number") from None
+        raise ValueError(f"{name}={value!r}: expected {unit or 'a number'}") from None
     if not number > 0 or number == float("inf"):
-        raise ValueError(f"{name}={value!r}: must be a positive number")
+        raise ValueError(f"{name}={value!r}: must be a positive number" + (f" of {unit}" if unit else ""))
     return number
 
 
@@ -505,12 +506,12 @@ def queue_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_batch"),
     ):
         if (value := _first(env.get(name))) is not None:
-            number = _positive_number(name, value)
+            number = positive_number(name, value)
             if number != int(number):
                 raise ValueError(f"{name}={value!r}: expected an integer")
             kwargs[key] = int(number)
     if (value := _first(env.get("OTEL_BSP_SCHEDULE_DELAY"))) is not None:
-        kwargs["schedule_delay_s"] = _positive_number("OTEL_BSP_SCHEDULE_DELAY", value) / 1000.0
+        kwargs["schedule_delay_s"] = positive_number("OTEL_BSP_SCHEDULE_DELAY", value) / 1000.0
     # Spec: a batch larger than the queue is clamped to the queue size.
     if "max_batch" in kwargs and kwargs["max_batch"] > kwargs.get("max_queue_spans", 20000):
         kwargs["max_batch"] = kwargs.get("max_queue_spans", 20000)

@@ -28,6 +28,7 @@ from otelbpf.export import (
     OtlpSettings,
     create_exporter,
     key_values,
+    positive_number,
     resolve_otlp_settings,
 )
 from otelbpf.metrics import COUNTER, GAUGE, HISTOGRAM, Histogram, Pending, RequestMetrics, Stream
@@ -85,7 +86,8 @@ def resolve_metrics_settings(
         return None
     if interval_s is None:
         raw = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
-        interval_s = _positive_ms("OTEL_METRIC_EXPORT_INTERVAL", raw) / 1000.0 if raw else DEFAULT_INTERVAL_S
+        ms = positive_number("OTEL_METRIC_EXPORT_INTERVAL", raw, "milliseconds") if raw else None
+        interval_s = ms / 1000.0 if ms is not None else DEFAULT_INTERVAL_S
     elif not interval_s > 0:
         raise ValueError(f"--metric-export-interval must be more than 0 seconds, got {interval_s:g}")
     name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
@@ -104,16 +106,6 @@ def _otlp_wanted(value: str) -> bool:
     if others:
         logger.warning("OTEL_METRICS_EXPORTER: %s not supported (only otlp): ignored", ", ".join(others))
     return "otlp" in names
-
-
-def _positive_ms(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r}: expected milliseconds") from None
-    if not number > 0 or number == float("inf"):
-        raise ValueError(f"{name}={value!r}: must be a positive number of milliseconds")
-    return number
 
 
 # --------------------------------------------------------------------------------------------------
