@@ -15,6 +15,7 @@ import stat
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from otelbpf.elf import ElfError, exported_function_addresses, imported_functions
 
@@ -46,7 +47,9 @@ class TlsLibrary:
     """One file to attach TLS uprobes to."""
 
     kind: str  # OPENSSL or GNUTLS
-    path: str  # openable from otelbpf's mount namespace: the plain path if it is the same file, else /proc/PID/root/...
+    # Openable from otelbpf's mount namespace: the plain path if it is the same file, else /proc/PID/root/..., else
+    # /proc/PID/map_files/START-END when the path the process's maps show leads nowhere (see _resolve).
+    path: str
     file_id: tuple[int, int]  # (st_dev, st_ino): one attach per file
     symbols: tuple[str, ...]  # hookable symbols the file exports, in HOOKABLE order
     linked: str  # "shared" (libssl/libgnutls itself) or "static" (an object embedding the library, e.g. node)
@@ -54,6 +57,12 @@ class TlsLibrary:
     # Each symbol's st_value, in the order of symbols, so probes go in without a symbol lookup. Derived from
     # the file, so not part of a library's identity.
     addresses: tuple[int, ...] = field(default=(), compare=False)
+    mapped_as: str = field(default="", compare=False)  # the path the process's maps show, for messages
+
+    @property
+    def label(self) -> str:
+        """The file's name for messages: what the process maps, else the path attached."""
+        return self.mapped_as or self.path
 
 
 @dataclass
@@ -66,8 +75,11 @@ class ScanStats:
     inspect_errors: int = 0
 
 
-def _inspect(path: str) -> TlsLibrary | None:
-    """classify() that lets OSError and ElfError through, so the scanner can tell failures from verdicts."""
+def _inspect(path: str, name: str = "") -> TlsLibrary | None:
+    """classify() that lets OSError and ElfError through, so the scanner can tell failures from verdicts.
+
+    name: the file's own name, when path does not end in it (a /proc/PID/map_files path).
+    """
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         return None
@@ -82,7 +94,7 @@ def _inspect(path: str) -> TlsLibrary | None:
             logger.debug("%s: exports the %s API over another TLS library; not hooked", path, kind)
             continue
         symbols = required + tuple(name for name in optional if name in exported)
-        linked = "shared" if _SHARED_NAME.match(os.path.basename(path)) else "static"
+        linked = "shared" if _SHARED_NAME.match(os.path.basename(name or path)) else "static"
         addresses = tuple(exported[name] for name in symbols)
         return TlsLibrary(kind, path, (st.st_dev, st.st_ino), symbols, linked, addresses=addresses)
     return None
@@ -97,9 +109,18 @@ def classify(path: str) -> TlsLibrary | None:
         return None
 
 
-def mapped_files(maps_text: str) -> list[tuple[str, int, int]]:
-    """Distinct file-backed executable mappings in /proc/PID/maps text, as (path, dev, inode)."""
-    seen: dict[tuple[str, int, int], None] = {}
+class Mapping(NamedTuple):
+    """One file-backed executable mapping of a process."""
+
+    path: str  # as /proc/PID/maps shows it
+    dev: int
+    inode: int
+    span: str  # "start-end" as /proc/PID/map_files names it: no zero padding, unlike maps
+
+
+def mapped_files(maps_text: str) -> list[Mapping]:
+    """Distinct file-backed executable mappings in /proc/PID/maps text, each file once (its first mapping)."""
+    seen: dict[tuple[str, int, int], Mapping] = {}
     for line in maps_text.splitlines():
         # address perms offset dev inode pathname; the pathname may contain spaces.
         fields = line.split(None, 5)
@@ -109,13 +130,16 @@ def mapped_files(maps_text: str) -> list[tuple[str, int, int]]:
         if not path.startswith("/") or path.endswith(_DELETED) or inode == "0":
             continue
         major, _, minor = dev.partition(":")
+        start, _, end = fields[0].partition("-")
         try:
             key = (path, os.makedev(int(major, 16), int(minor, 16)), int(inode))
+            span = f"{int(start, 16):x}-{int(end, 16):x}"
         except ValueError:
             logger.debug("unparsable maps line: %r", line)
             continue
-        seen[key] = None
-    return list(seen)
+        if key not in seen:
+            seen[key] = Mapping(*key, span)
+    return list(seen.values())
 
 
 def is_candidate(path: str) -> bool:
@@ -158,16 +182,43 @@ def system_libraries() -> list[TlsLibrary]:
     return list(found.values())
 
 
-def _resolve(pid: int, path: str) -> str:
-    """A path to pid's file that otelbpf can open: plain when it is the same file in our namespace."""
-    in_target = f"/proc/{pid}/root{path}"
-    theirs = os.stat(in_target)
+def _resolve(pid: int, mapped: Mapping) -> str:
+    """A path to the file pid maps that otelbpf can open and probe: plain when it is the same file in our namespace,
+    else through pid's root, else through pid's map_files.
+
+    The path maps shows is not always one to follow. A container whose root is a directory bind-mounted out of
+    another mount (Docker's vfs driver on an overlay, as in a container or chroot of its own) gets paths the kernel
+    renders outside that root: they lead nowhere, or to another file. map_files opens exactly the mapped file (it
+    needs CAP_SYS_ADMIN, and lasts as long as the mapping), so it is the fallback, and the judge where it can be read.
+    """
+    in_target = f"/proc/{pid}/root{mapped.path}"
+    by_mapping = f"/proc/{pid}/map_files/{mapped.span}"
     try:
-        ours = os.stat(path)
+        exact: os.stat_result | None = os.stat(by_mapping)
+    except OSError:
+        exact = None  # not allowed, or the mapping (or process) is gone: trust the path
+    try:
+        theirs = os.stat(in_target)
+    except OSError:
+        if exact is None:
+            raise
+        return by_mapping
+    if exact is not None and not _same_file(theirs, exact):
+        return by_mapping
+    try:
+        ours = os.stat(mapped.path)
     except OSError:
         return in_target
     same = (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
-    return path if same else in_target
+    return mapped.path if same else in_target
+
+
+def _same_file(seen: os.stat_result, mapped: os.stat_result) -> bool:
+    """Whether a file reached by path is the one a mapping holds. Through overlayfs the path reports the overlay's
+    device while the mapping holds the file beneath, with the same inode number, size and times."""
+    if (seen.st_dev, seen.st_ino) == (mapped.st_dev, mapped.st_ino):
+        return True
+    return (seen.st_ino, seen.st_size, seen.st_mtime_ns) == (mapped.st_ino, mapped.st_size, mapped.st_mtime_ns)
 
 
 class LibraryScanner:
@@ -250,28 +301,32 @@ class LibraryScanner:
             exe = None  # kernel threads have none; a vanished pid fails below too
         found: list[TlsLibrary] = []
         complete = True
-        for path, dev, inode in mapped_files(text):
-            if path != exe and not is_candidate(path):
+        for mapped in mapped_files(text):
+            if mapped.path != exe and not is_candidate(mapped.path):
                 continue
-            key = (dev, inode)
-            if key in self._verdicts:
-                lib = self._verdicts[key]
-            else:
-                try:
-                    lib = _inspect(_resolve(pid, path))
-                except ElfError as exc:
-                    logger.debug("pid %d: %s", pid, exc)
-                    lib = None
-                except OSError as exc:
-                    # Often the pid exiting mid-scan; not cached, so another process mapping the file retries it.
-                    logger.debug("pid %d: cannot inspect %s: %s", pid, path, exc)
-                    self.stats.inspect_errors += 1
-                    complete = False
-                    continue
+            key = (mapped.dev, mapped.inode)
+            cached = key in self._verdicts
+            if cached and self._verdicts[key] is None:
+                continue
+            try:
+                # Per process even for a known file: another process's path to it lasts only as long as that one.
+                where = _resolve(pid, mapped)
+                lib = self._verdicts[key] if cached else _inspect(where, mapped.path)
+            except ElfError as exc:
+                logger.debug("pid %d: %s", pid, exc)
+                lib = None
+            except OSError as exc:
+                # Often the pid exiting mid-scan; not cached, so another process mapping the file retries it.
+                logger.debug("pid %d: cannot inspect %s: %s", pid, mapped.path, exc)
+                self.stats.inspect_errors += 1
+                complete = False
+                continue
+            if not cached:
                 self.stats.files_inspected += 1
                 if len(self._verdicts) >= self._max_cached_files:
                     self._verdicts.clear()
                 self._verdicts[key] = lib
-            if lib is not None and lib not in found:
-                found.append(lib)
+            if lib is not None:
+                if all(lib.file_id != other.file_id for other in found):
+                    found.append(replace(lib, path=where, mapped_as=mapped.path))
         return found, complete

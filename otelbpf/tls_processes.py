@@ -52,11 +52,15 @@ class _Hook:
 
 
 def path_for(lib: TlsLibrary, pid: int) -> str:
-    """lib's path as pid sees it: a /proc/PID/root path found through another process is redirected to pid's."""
+    """lib's path as pid sees it: a /proc/PID path found through another process is redirected to pid's.
+
+    A map_files path carries over only to a process with the same memory map: a child forked from that process.
+    """
     if lib.pid is not None:
-        prefix = f"/proc/{lib.pid}/root/"
-        if lib.path.startswith(prefix):
-            return f"/proc/{pid}/root/{lib.path[len(prefix) :]}"
+        for kind in ("root", "map_files"):
+            prefix = f"/proc/{lib.pid}/{kind}/"
+            if lib.path.startswith(prefix):
+                return f"/proc/{pid}/{kind}/{lib.path[len(prefix) :]}"
     return lib.path
 
 

@@ -231,13 +231,13 @@ class TlsWatcher:
             n = self._processes.attach(lib, pid)
         except Exception as exc:  # one bad file or an ended process must not stop the others, nor the run
             logger.debug(
-                "TLS: attach to %s for pid %d failed after %.1f ms", lib.path, pid, (time.monotonic() - t0) * 1000
+                "TLS: attach to %s for pid %d failed after %.1f ms", lib.label, pid, (time.monotonic() - t0) * 1000
             )
             if _running(pid):
                 self.stats.attach_failures += 1
-                logger.warning("TLS: could not attach to %s for pid %d: %s", lib.path, pid, exc)
+                logger.warning("TLS: could not attach to %s for pid %d: %s", lib.label, pid, exc)
             else:
-                logger.debug("TLS: pid %d ended before %s was attached: %s", pid, lib.path, exc)
+                logger.debug("TLS: pid %d ended before %s was attached: %s", pid, lib.label, exc)
             return 0
         if n is None:
             logger.warning(
@@ -245,7 +245,7 @@ class TlsWatcher:
                 "file-wide from now on, so every process that maps it pays its probes",
                 self._processes.live_probes,
                 self._processes.max_probes,
-                lib.path,
+                lib.label,
             )
             self._processes.stats.libraries_over_cap += 1
             n = self._hook(lib)
@@ -262,7 +262,7 @@ class TlsWatcher:
                 "TLS: attached %s (%s) %s: %d probes for pid %d (in %.1f ms)",
                 lib.kind,
                 lib.linked,
-                lib.path,
+                lib.label,
                 n,
                 pid,
                 ms,
@@ -280,13 +280,13 @@ class TlsWatcher:
             if required:
                 raise TlsConfigError(str(exc)) from exc
             self.stats.attach_failures += 1
-            logger.warning("TLS: could not attach to %s: %s", lib.path, exc)
+            logger.warning("TLS: could not attach to %s: %s", lib.label, exc)
             return 0
         self._attached.add(lib.file_id)
         self.stats.libraries_attached += 1
         self.stats.probes_attached += n
         seen_in = f" (mapped by pid {lib.pid})" if lib.pid else ""
-        logger.info("TLS: attached %s (%s) %s: %d probes%s", lib.kind, lib.linked, lib.path, n, seen_in)
+        logger.info("TLS: attached %s (%s) %s: %d probes%s", lib.kind, lib.linked, lib.label, n, seen_in)
         return n
 
 

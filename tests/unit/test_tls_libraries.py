@@ -107,11 +107,17 @@ def python_loading(*libraries: Path) -> list[str]:
 
 def test_mapped_files_keeps_distinct_executable_file_mappings() -> None:
     assert mapped_files(MAPS) == [
-        ("/usr/bin/python3.11", os.makedev(0xFD, 0x01), 1835017),
-        ("/usr/lib/x86_64-linux-gnu/libssl.so.3", os.makedev(0xFD, 0x01), 1840211),
-        ("/opt/my app/lib/libssl-8bd2ce0f.so.3", os.makedev(0x103, 0x0A), 77),
-        ("/usr/lib/x86_64-linux-gnu/libc.so.6", os.makedev(0xFD, 0x01), 1840212),
+        ("/usr/bin/python3.11", os.makedev(0xFD, 0x01), 1835017, "55d4c0a28000-55d4c0d1f000"),
+        ("/usr/lib/x86_64-linux-gnu/libssl.so.3", os.makedev(0xFD, 0x01), 1840211, "7f2a1d1e2000-7f2a1d23f000"),
+        ("/opt/my app/lib/libssl-8bd2ce0f.so.3", os.makedev(0x103, 0x0A), 77, "7f2a1d2e0000-7f2a1d2f0000"),
+        ("/usr/lib/x86_64-linux-gnu/libc.so.6", os.makedev(0xFD, 0x01), 1840212, "7f2a1d422000-7f2a1d5a0000"),
     ]
+
+
+def test_mapped_files_names_spans_as_map_files_does() -> None:
+    # maps pads addresses to 8 digits; map_files does not (a non-PIE executable maps low).
+    (low,) = mapped_files("00400000-0041e000 r-xp 00000000 fd:01 12 /usr/local/bin/app\n")
+    assert low.span == "400000-41e000"
 
 
 def test_mapped_files_of_empty_or_odd_text() -> None:
@@ -293,18 +299,55 @@ def test_scan_cache_stays_bounded(tmp_path: Path, process) -> None:
     assert scanner.scan([process(*python_loading(*libs)).pid]) == []
 
 
+def own_libssl_mapping() -> tls_libraries.Mapping:
+    with open("/proc/self/maps") as f:
+        (mapped,) = [m for m in mapped_files(f.read()) if m.path == str(LIBSSL)]
+    return mapped
+
+
 def test_path_in_another_mount_namespace_goes_through_proc_root(monkeypatch: pytest.MonkeyPatch) -> None:
     # Our own process stands in for a container: its /proc/PID/root view is the same file, so the plain path wins;
     # when our namespace has a different file at that path, the /proc/PID/root path must be used.
-    pid = os.getpid()
-    assert tls_libraries._resolve(pid, str(LIBSSL)) == str(LIBSSL)
+    pid, mapped = os.getpid(), own_libssl_mapping()
+    assert tls_libraries._resolve(pid, mapped) == str(LIBSSL)
     real_stat = os.stat
 
     def other_file_here(path, *args, **kwargs):
         return real_stat(__file__ if path == str(LIBSSL) else path, *args, **kwargs)
 
     monkeypatch.setattr(os, "stat", other_file_here)
-    assert tls_libraries._resolve(pid, str(LIBSSL)) == f"/proc/{pid}/root{LIBSSL}"
+    assert tls_libraries._resolve(pid, mapped) == f"/proc/{pid}/root{LIBSSL}"
+
+
+@pytest.mark.parametrize("shown", ["/var/tmp/chroot/usr/lib/x86_64-linux-gnu/libssl.so.3", __file__])
+def test_a_mapped_path_that_leads_elsewhere_goes_through_map_files(shown: str) -> None:
+    # Docker's vfs driver on an overlay shows container files under paths that do not exist, or are other files.
+    if os.geteuid() != 0:
+        pytest.skip("not root: /proc/PID/map_files needs CAP_SYS_ADMIN")
+    pid, mapped = os.getpid(), own_libssl_mapping()
+    path = tls_libraries._resolve(pid, mapped._replace(path=shown))
+    assert path == f"/proc/{pid}/map_files/{mapped.span}"
+    lib = tls_libraries._inspect(path, shown)
+    assert lib is not None and (lib.kind, lib.file_id) == (OPENSSL, file_id(LIBSSL))
+    assert lib.linked == ("shared" if shown.endswith("libssl.so.3") else "static")
+
+
+def test_a_path_that_leads_nowhere_without_map_files_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without map_files (no CAP_SYS_ADMIN) the scanner must see the failure, not a wrong file.
+    pid, mapped = os.getpid(), own_libssl_mapping()
+    with pytest.raises(FileNotFoundError):
+        tls_libraries._resolve(pid, mapped._replace(path="/no/such/dir/libssl.so.3", span="1-2"))
+
+
+def test_scan_reports_a_known_file_under_each_process_own_path(process) -> None:
+    # A verdict is cached per file, but the path to attach is per process: the first process may be gone.
+    scanner = LibraryScanner()
+    first = process(*python_loading(LIBSSL))
+    (lib,) = [x for x in scanner.libraries_of(first.pid) or [] if x.file_id == file_id(LIBSSL)]
+    second = process(*python_loading(LIBSSL))
+    (again,) = [x for x in scanner.libraries_of(second.pid) or [] if x.file_id == file_id(LIBSSL)]
+    assert scanner.stats.files_inspected == 2  # python and libssl, once each
+    assert (lib.pid, again.pid, again.mapped_as) == (first.pid, second.pid, str(LIBSSL))
 
 
 # --- system_libraries -----------------------------------------------------------------------------------------------

@@ -86,3 +86,8 @@ def test_path_for_follows_the_process_namespace() -> None:
     lib = TlsLibrary("openssl", "/proc/77/root/usr/lib/libssl.so.3", (1, 2), ("SSL_read",), "shared", pid=77)
     assert path_for(lib, 90) == "/proc/90/root/usr/lib/libssl.so.3"
     assert path_for(SSL, 90) == SSL.path
+
+
+def test_path_for_carries_map_files_over_to_a_forked_child() -> None:
+    lib = TlsLibrary("openssl", "/proc/77/map_files/7f00-7f80", (1, 2), ("SSL_read",), "shared", pid=77)
+    assert path_for(lib, 90) == "/proc/90/map_files/7f00-7f80"
