@@ -347,6 +347,7 @@ static __always_inline int dispatch(struct conn_key *key, struct io_args *io, u6
 	}
 	if (!st->ev.h.sock_id && io->sk) {
 		st->ev.h.sock_id = io->sk;
+		tcp_track(io->sk); /* adopted: open before otelbpf, or its accept or connect unseen */
 		st->tls_guessed = io->sk_inferred;
 		if (io->sk_inferred)
 			count(OTELBPF_STAT_TLS_GUESSED);
@@ -435,9 +436,12 @@ static __always_inline int save_sock_call(u32 fd)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	/* otelbpf's own connects are followed too, only to learn their addresses (own_conns). */
-	if (selection(id >> 32) == UNTRACED)
+	int sel = selection(id >> 32);
+	if (sel == UNTRACED)
 		return 0;
 	active_sock_call.update(&id, &fd);
+	if (sel == TRACED)
+		tcp_connect_begins(fd, id);
 	return 0;
 }
 
@@ -449,13 +453,15 @@ static __always_inline int connected(long ret)
 		return 0;
 	u32 fd = *fdp;
 	active_sock_call.delete(&id);
-	/* A non-blocking connect returns -EINPROGRESS and completes later; its ports are chosen. */
-	if (ret != 0 && ret != -115)
-		return 0;
 	if (is_self(id >> 32)) {
-		remember_own_conn(fd);
+		if (ret == 0 || ret == -OTELBPF_EINPROGRESS)
+			remember_own_conn(fd);
 		return 0;
 	}
+	tcp_connect_returned(fd, ret);
+	/* A non-blocking connect returns -EINPROGRESS and completes later; its ports are chosen. */
+	if (ret != 0 && ret != -OTELBPF_EINPROGRESS)
+		return 0;
 	/* UDP and Unix sockets connect too; only TCP gets connection state. */
 	u64 sk = fd_tcp_sock(fd);
 	if (!sk)
@@ -482,6 +488,7 @@ static __always_inline int accepted(long ret)
 	u64 sk = fd_tcp_sock((u32)ret);
 	if (!sk)
 		return 0;
+	tcp_track(sk);
 	struct conn_key key = {.tgid = id >> 32, .fd = (u32)ret};
 	struct conn_state *old = conns.lookup(&key);
 	if (old)

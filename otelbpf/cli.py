@@ -267,6 +267,14 @@ def _add_trace_options(run: argparse.ArgumentParser, env: Mapping[str, str]) -> 
         default=_env_bool(env, "OTELBPF_RAW_DB_QUERY_TEXT", False),
         help="export db.query.text with its literals (off by default: they are replaced with ?)",
     )
+    out.add_argument(
+        "--no-tcp-facts",
+        dest="tcp_facts",
+        action="store_false",
+        default=_env_bool(env, "OTELBPF_TCP_FACTS", True),
+        help="leave the kernel's TCP facts (otelbpf.tcp.*: retransmits, RTT, connect time, resets) off spans, "
+        "and make no spans of failed connects; saves their hooks (env OTELBPF_TCP_FACTS=false)",
+    )
     metrics = run.add_argument_group("metrics (with an OTLP endpoint: request durations and otelbpf's own counters)")
     metrics.add_argument(
         "--no-metrics",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from otelbpf.correlate import SpanBuilder, UnknownProtocol
-from otelbpf.events import EVENT_PROCESS, DecodeError, decode, decode_process
+from otelbpf.events import EVENT_CONNECT, EVENT_PROCESS, DecodeError, decode, decode_connect, decode_process
 from otelbpf.export import BatchQueue
 from otelbpf.linking import TraceLinker
 from otelbpf.metrics import RequestMetrics
@@ -155,17 +155,21 @@ class Collector:
         now = self._clock()
         for raw in records:
             try:
+                connect = False
                 if raw and raw[0] == EVENT_PROCESS:
                     self._builder.resources.remember_exec(decode_process(raw))
                     continue
-                ev = decode(raw, self._capture, self._resp_capture)
+                if raw and raw[0] == EVENT_CONNECT:
+                    ev, connect = decode_connect(raw), True
+                else:
+                    ev = decode(raw, self._capture, self._resp_capture)
             except DecodeError as exc:
                 self.malformed += 1
                 if self.malformed == 1 or self.malformed % 1000 == 0:
                     logger.warning("malformed kernel record (%d so far): %s", self.malformed, exc)
                 continue
             try:
-                span = build(ev)
+                span = self._builder.build_connect(ev) if connect else build(ev)
                 if span is None:
                     continue  # a handshake: it told a protocol module about the connection, nothing more
                 if linker is not None:
@@ -317,6 +321,7 @@ class Collector:
             "TLS socket guesses corrected": kernel.get("tls_rebound", 0),
             "TLS calls untracked (in-flight table full)": kernel.get("tls_table_full", 0),
             "connections from otelbpf's own export (not traced)": kernel.get("own_conns", 0),
+            "failed connects (connect spans; counted among the requests)": kernel.get("connect_failures", 0),
             **self._link_notes(),
             **(extra_notes or {}),
         }

@@ -145,6 +145,13 @@ class ConsolePrinter:
         db_code = attrs.get("db.response.status_code")
         if db_code is not None:
             segments += [(" ", ""), (str(db_code), _RED)]
+        error = attrs.get("error.type")
+        if error in ("connection_refused", "timeout", "unreachable", "connection_reset") or (
+            span.name == "connect" and error
+        ):
+            peer = attrs.get("network.peer.address")
+            where = f" {peer}:{attrs.get('network.peer.port')}" if span.name == "connect" and peer else ""
+            segments += [(" ", ""), (f"{error}{where}", _RED)]
         if attrs.get("url.scheme") == "https":
             segments.append((_HTTPS, _DIM))
         elif "otelbpf.tls.library" in attrs:
@@ -154,6 +161,9 @@ class ConsolePrinter:
         if source:
             # "~": the parent was guessed from an event-loop thread, which many requests share.
             markers.append(f"[{source}~]" if attrs.get("otelbpf.parent.event_loop") else f"[{source}]")
+        retransmits = attrs.get("otelbpf.tcp.retransmits")
+        if isinstance(retransmits, int) and retransmits > 0:
+            markers.append(f"({_count(retransmits, 'retransmit')})")
         if span.links:
             markers.append(f"(+{_count(len(span.links), 'link')})")
         if parent_not_shown:

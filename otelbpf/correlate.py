@@ -13,13 +13,14 @@ import logging
 import random
 import socket
 
+from otelbpf import tcp_facts
 from otelbpf.clock import ClockMap
 from otelbpf.events import RequestEvent
 from otelbpf.protocols.base import BuildStats, Endpoints, Template, TemplatedSpans
 from otelbpf.protocols.http1 import split_host
 from otelbpf.protocols.registry import ProtocolOptions, protocol_modules
 from otelbpf.resources import ResourceCache
-from otelbpf.spans import AttributeBlock, AttributeValue, Span
+from otelbpf.spans import AttributeBlock, AttributeValue, Span, SpanKind, StatusCode
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class SpanBuilder:
         attrs = op.attributes
         attrs.update(_network(ev, local, peer))
         attrs["thread.id"] = ev.tid
+        message = op.status_message
+        if ev.tcp_flags:
+            message = _tcp(ev, attrs, message)
         parent = op.parent
         return Span(
             trace_id=parent.trace_id if parent else self._ids.trace_id(),
@@ -138,7 +142,28 @@ class SpanBuilder:
             resource=self.resources.get(ev.pid, ev.comm),
             attributes=attrs,
             status=op.status,
-            status_message=op.status_message,
+            status_message=message,
+        )
+
+    def build_connect(self, ev: RequestEvent) -> Span:
+        """The ``connect`` CLIENT error span of a failed connect record (events.decode_connect)."""
+        local = format_address(ev.family, ev.local_addr)
+        peer = format_address(ev.family, ev.peer_addr)
+        attrs = _network(ev, local, peer)
+        attrs["thread.id"] = ev.tid
+        attrs["error.type"] = tcp_facts.connect_error_type(ev.status)
+        tcp_facts.add_attributes(ev, attrs)
+        return Span(
+            trace_id=self._ids.trace_id(),
+            span_id=self._ids.span_id(),
+            name="connect",
+            kind=SpanKind.CLIENT,
+            start_ns=self.clock.to_wall(ev.start_ns),
+            end_ns=self.clock.to_wall(ev.end_ns),
+            resource=self.resources.get(ev.pid, ev.comm),
+            attributes=attrs,
+            status=StatusCode.ERROR,
+            status_message=tcp_facts.connect_error_message(ev.status),
         )
 
     def _from_template(self, module: TemplatedSpans, ev: RequestEvent) -> Span:
@@ -158,6 +183,8 @@ class SpanBuilder:
                 self._templates[key] = t
         attrs, status, message = module.finish(ev, t)
         attrs["thread.id"] = ev.tid
+        if ev.tcp_flags:
+            message = _tcp(ev, attrs, message)
         parent = t.parent
         offset = self.clock.offset_ns
         if parent is None:
@@ -167,6 +194,14 @@ class SpanBuilder:
         return Span(parent.trace_id, self._ids.span_id(), t.name, t.kind, ev.start_ns + offset, ev.end_ns + offset,
                     self.resources.get(ev.pid, ev.comm), attrs, parent.span_id, status, message,
                     parent.trace_state, [], t.shared)  # fmt: skip
+
+
+def _tcp(ev: RequestEvent, attrs: dict[str, AttributeValue], message: str) -> str:
+    """Add the TCP facts; the status message, reworded when a reset broke the connection."""
+    tcp_facts.add_attributes(ev, attrs)
+    if attrs.get("error.type") == tcp_facts.CONNECTION_RESET:
+        return "connection reset before the response completed"
+    return message
 
 
 def _network(ev: RequestEvent, local: str | None, peer: str | None) -> dict[str, AttributeValue]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 EVENT_REQUEST = 1
 EVENT_PROCESS = 2
 EVENT_TASK = 3
+EVENT_CONNECT = 4
 
 # enum otelbpf_task_kind: what happened to a traced process (records on the task_events ring).
 TASK_FORK = 1
@@ -47,6 +48,11 @@ FLAG_PIPELINED = 0x02
 FLAG_ERROR = 0x04
 FLAG_RESP_TRUNCATED = 0x08
 
+# otelbpf_record_header.tcp_flags: which TCP facts the kernel read.
+TCP_KNOWN = 0x01  # retransmits and srtt_us are valid
+TCP_RESET = 0x02  # a reset was sent or received on the connection
+TCP_CONNECT = 0x04  # connect_us is valid
+
 DEFAULT_CAPTURE_BYTES = 512
 DEFAULT_RESP_CAPTURE_BYTES = 256
 
@@ -68,6 +74,7 @@ STAT_NAMES: dict[int, str] = {
     13: "tls_rebound",
     14: "own_conns",
     15: "task_events_lost",
+    16: "connect_failures",
 }
 
 # enum otelbpf_tls_library -> the library's name in span attributes.
@@ -77,7 +84,7 @@ TLS_GNUTLS = 2
 TLS_LIBRARIES: dict[int, str] = {TLS_OPENSSL: "openssl", TLS_GNUTLS: "gnutls"}
 
 # struct otelbpf_record_header, then struct otelbpf_payload up to data[]; "x" bytes are _pad fields.
-RECORD_HEADER = struct.Struct("<BBBBBBHIIQQQQQQ16s16s16sHHHxxHHHH")
+RECORD_HEADER = struct.Struct("<BBBBBBHIIQQQQQQ16s16s16sHHHxxIIIBxxxHHHH")
 
 # name -> (offset, size) for the mirror test.
 HEADER_LAYOUT: dict[str, tuple[int, int]] = {
@@ -98,8 +105,12 @@ HEADER_LAYOUT: dict[str, tuple[int, int]] = {
     "sock_id": (56, 8),
     "comm": (64, 16),
     "conn": (80, 40),
+    "retransmits": (120, 4),
+    "srtt_us": (124, 4),
+    "connect_us": (128, 4),
+    "tcp_flags": (132, 1),
 }
-HEADER_SIZE = 120
+HEADER_SIZE = 136
 PAYLOAD_LAYOUT: dict[str, tuple[int, int]] = {
     "req_len": (0, 2),
     "resp_len": (2, 2),
@@ -108,6 +119,8 @@ PAYLOAD_LAYOUT: dict[str, tuple[int, int]] = {
     "data": (8, -1),
 }
 REQUEST_LAYOUT: dict[str, tuple[int, int]] = {"h": (0, HEADER_SIZE), "p": (HEADER_SIZE, -1)}
+# struct otelbpf_connect_event: the header alone.
+CONNECT_LAYOUT: dict[str, tuple[int, int]] = {"h": (0, HEADER_SIZE)}
 CONN_LAYOUT: dict[str, tuple[int, int]] = {
     "local_addr": (0, 16),
     "peer_addr": (16, 16),
@@ -182,6 +195,11 @@ class RequestEvent:
     count: int = 0
     # Client requests: kernel start of the server request this thread was serving (0: none).
     cause_ns: int = 0
+    # The TCP stack's facts about the connection (tcp_flags says which are valid: TCP_*).
+    retransmits: int = 0
+    srtt_us: int = 0
+    connect_us: int = 0
+    tcp_flags: int = 0
 
 
 def decode(
@@ -214,6 +232,10 @@ def decode(
         local_port,
         peer_port,
         family,
+        retransmits,
+        srtt_us,
+        connect_us,
+        tcp_flags,
         req_len,
         resp_len,
         req_offset,
@@ -245,9 +267,33 @@ def decode(
     return RequestEvent(
         protocol, role, tls, end, flags, status, pid, tid, start_ns, end_ns, bytes_in, bytes_out, sock_id, name,
         family, local_addr, peer_addr, local_port, peer_port, raw[base:mid], raw[mid:], req_offset, count, cause_ns,
+        retransmits, srtt_us, connect_us, tcp_flags,
     )  # fmt: skip
 
 
+def decode_connect(raw: bytes | memoryview) -> RequestEvent:
+    """Decode an OTELBPF_EVENT_CONNECT record (a failed connect): a client event with no protocol and no
+    bytes, its status the socket's errno (0: the process gave up before the handshake ended)."""
+    if len(raw) < HEADER_SIZE:
+        raise DecodeError(f"connect record of {len(raw)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    (etype, protocol, role, tls, end, flags, status, pid, tid, start_ns, end_ns, cause_ns, _bytes_in, _bytes_out,
+     sock_id, comm, local_addr, peer_addr, local_port, peer_port, family, retransmits, srtt_us, connect_us,
+     tcp_flags) = _CONNECT.unpack_from(raw)  # fmt: skip
+    if etype != EVENT_CONNECT:
+        raise DecodeError(f"not a connect record: type {etype}")
+    if role != ROLE_CLIENT or protocol != PROTO_UNKNOWN:
+        raise DecodeError(f"connect record with role {role} and protocol {protocol}")
+    if end_ns < start_ns:
+        raise DecodeError(f"end {end_ns} before start {start_ns}")
+    return RequestEvent(
+        protocol, role, tls, end, flags, status, pid, tid, start_ns, end_ns, 0, 0, sock_id, _cstr(comm),
+        family, local_addr, peer_addr, local_port, peer_port, b"", b"", 0, 0, cause_ns,
+        retransmits, srtt_us, connect_us, tcp_flags,
+    )  # fmt: skip
+
+
+# The header alone: RECORD_HEADER without the payload's counts.
+_CONNECT = struct.Struct(RECORD_HEADER.format[: -len("HHHH")])
 _ROLES = frozenset({ROLE_SERVER, ROLE_CLIENT})
 _TLS_KINDS = frozenset({TLS_NONE, *TLS_LIBRARIES})
 _comm_names: dict[bytes, str] = {}

@@ -7,6 +7,9 @@ headers' struct layouts.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from otelbpf.btf import DEFAULT_VMLINUX_BTF, Btf, BtfError
 
 # Macro name -> (path from struct sock, byte size the BPF code reads). The sizes are checked too: a
@@ -64,6 +67,15 @@ FILE_FIELDS: dict[str, tuple[str, str, int]] = {
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol", 2),
 }
 
+# Macro name -> (struct, member, byte size read): the TCP stack's own facts about a connection, read
+# when a request starts and ends (bpf/tcp.bpf.c). srtt_us is kept scaled by 8.
+TCP_FIELDS: dict[str, tuple[str, str, int]] = {
+    "OFF_TCP_SRTT_US": ("tcp_sock", "srtt_us", 4),
+    "OFF_TCP_TOTAL_RETRANS": ("tcp_sock", "total_retrans", 4),
+    "OFF_SK_ERR": ("sock", "sk_err", 4),
+    "OFF_SK_ERR_SOFT": ("sock", "sk_err_soft", 4),
+}
+
 
 def struct_offsets(fields: dict[str, tuple[str, str, int]], btf: Btf | None = None) -> dict[str, int]:
     """Byte offsets of the given struct members, by macro name; their sizes must be what the C reads."""
@@ -87,4 +99,37 @@ def all_offsets(btf: Btf | None = None) -> dict[str, int]:
     """Every offset the BPF programs need, loading the kernel's BTF once."""
     if btf is None:
         btf = Btf.load(DEFAULT_VMLINUX_BTF)
-    return {**socket_offsets(btf), **struct_offsets(PROCESS_FIELDS, btf), **struct_offsets(FILE_FIELDS, btf)}
+    return {
+        **socket_offsets(btf),
+        **struct_offsets(PROCESS_FIELDS, btf),
+        **struct_offsets(FILE_FIELDS, btf),
+        **struct_offsets(TCP_FIELDS, btf),
+    }
+
+
+# Macro name -> (tracepoint, field, byte size read): tracepoint fields read at an offset from the tracepoint's
+# own format file. bcc declares a TRACEPOINT_PROBE's arguments from that format, and tcp_send_reset's names
+# a type (enum sk_rst_reason, Linux 6.10) that older installed headers lack, so it cannot be compiled that way.
+TRACEPOINT_FIELDS: dict[str, tuple[str, str, int]] = {
+    "OFF_TP_SEND_RESET_SKADDR": ("tcp:tcp_send_reset", "skaddr", 8),
+}
+_FORMAT_FIELD = re.compile(r"field:[^;]*?\b(\w+)(?:\[[^\]]*\])?;\s*offset:(\d+);\s*size:(\d+);")
+
+
+def tracepoint_offsets(tracefs: Path) -> dict[str, int]:
+    """Byte offsets of TRACEPOINT_FIELDS in their tracepoints' records, from the mounted tracefs."""
+    offsets: dict[str, int] = {}
+    for macro, (tracepoint, name, size) in TRACEPOINT_FIELDS.items():
+        path = tracefs / "events" / tracepoint.replace(":", "/") / "format"
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise BtfError(f"cannot read the format of tracepoint {tracepoint}: {exc}") from exc
+        fields = {m[0]: (int(m[1]), int(m[2])) for m in _FORMAT_FIELD.findall(text)}
+        if name not in fields:
+            raise BtfError(f"tracepoint {tracepoint} has no field {name!r} ({path})")
+        offset, actual = fields[name]
+        if actual != size:
+            raise BtfError(f"tracepoint {tracepoint} field {name} is {actual} bytes, otelbpf expects {size}")
+        offsets[macro] = offset
+    return offsets

@@ -20,6 +20,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from otelbpf.spans import AttributeValue, Resource, Span, SpanKind
 
@@ -184,6 +185,16 @@ class _Group:
         self.last_count = 0
 
 
+class SpanMetrics(Protocol):
+    """Other metrics made from the same spans, recorded and collected along with the request durations."""
+
+    def record(self, spans: Sequence[Span]) -> None: ...
+
+    def collect(self) -> list[Stream]: ...
+
+    def notes(self) -> dict[str, int]: ...
+
+
 class RequestMetrics:
     """Aggregates spans into the request-duration histograms, per resource and attribute set."""
 
@@ -195,8 +206,10 @@ class RequestMetrics:
         max_idle: int = 30,
         cache_size: int = 8192,
         clock_ns: Callable[[], int] = time.time_ns,
+        also: Sequence[SpanMetrics] = (),
     ) -> None:
         self._delta = delta
+        self._also = tuple(also)  # more metrics from the same spans (TcpMetrics), recorded and collected along
         self._max_series = max_series
         self._max_groups = max_groups
         self._max_idle = max_idle
@@ -211,10 +224,16 @@ class RequestMetrics:
         self._start_ns = clock_ns()
         self.stats = RequestMetricsStats()
 
+    def also_notes(self) -> dict[str, int]:
+        """The summary lines of the metrics made along (what they could not measure exactly)."""
+        return {k: v for more in self._also for k, v in more.notes().items()}
+
     def record(self, spans: Sequence[Span]) -> None:
         """Count a batch of finished spans into their histograms."""
         if not spans:
             return
+        for more in self._also:
+            more.record(spans)
         with self._lock:
             get = self._fast.get
             miss = _MISS
@@ -272,6 +291,10 @@ class RequestMetrics:
 
     def collect(self) -> list[Stream]:
         """Every histogram as of now: since the last collection (delta) or since the start (cumulative)."""
+        also = [stream for more in self._also for stream in more.collect()]
+        return self._collect() + also
+
+    def _collect(self) -> list[Stream]:
         now = self._clock_ns()
         with self._lock:
             start, groups = self._start_ns, self._groups

@@ -333,6 +333,7 @@ def start_metrics(
             "spans counted in an overflow metric series (too many attribute sets)": requests.stats.overflowed,
             "spans not measured (too many resources with metrics)": requests.stats.unmeasured,
         }
+        | requests.also_notes()
     )
     exporter.start()
     return exporter

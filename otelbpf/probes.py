@@ -36,6 +36,7 @@ BPF_SOURCES = (
     "include/otelbpf/postgres.bpf.h",
     "include/otelbpf/redis.bpf.h",
     "include/otelbpf/mysql.bpf.h",
+    "tcp.bpf.c",
     "sockets.bpf.c",
     "tls.bpf.c",
 )
@@ -69,6 +70,13 @@ TRACEPOINTS: list[str] = [
     "task:task_newtask",
     "syscalls:sys_enter_mmap",
     "syscalls:sys_exit_mmap",
+]
+# bpf/tcp.bpf.c's, attached unless TCP facts are off (--no-tcp-facts).
+TCP_TRACEPOINTS: list[str] = [
+    "sock:inet_sock_set_state",
+    "tcp:tcp_receive_reset",
+    "tcp:tcp_send_reset",
+    "tcp:tcp_destroy_sock",
 ]
 
 # config.tls_follow (enum tls_follow in conn.bpf.h): which process events the kernel sends on task_events.
@@ -149,6 +157,7 @@ class ProbeSettings:
     ringbuf_pages: int = 1024
     wakeup_every: int = 64  # records per CPU between consumer wakeups
     task_ringbuf_pages: int = 64  # process events (task_events): 32 bytes each, a few thousand of them
+    tcp_facts: bool = True  # TCP facts on requests and failed connects as records (bpf/tcp.bpf.c)
 
     def cflags(self) -> list[str]:
         """The -D flags for these settings."""
@@ -169,6 +178,7 @@ class ProbeSettings:
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DWAKEUP_EVERY={self.wakeup_every}",
             f"-DTASK_RINGBUF_PAGES={self.task_ringbuf_pages}",
+            f"-DTCP_FACTS={int(self.tcp_facts)}",
         ]
 
 
@@ -274,6 +284,8 @@ class KernelProbes:
             # TRACEPOINT_PROBE functions attach as the object loads. Nothing is traced until
             # configure() runs, because the default config traces no process.
             self._bpf = bcc.BPF(text=text.encode(), cflags=render_cflags(settings, offsets))
+            if settings.tcp_facts:
+                self._bpf.attach_tracepoint(tp=b"tcp:tcp_send_reset", fn_name=b"tcp_send_reset_seen")
         except Exception as exc:
             raise ProbeError(f"failed to compile or attach the BPF programs ({', '.join(BPF_SOURCES)}): {exc}") from exc
         try:

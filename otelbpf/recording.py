@@ -33,7 +33,8 @@ from otelbpf.spans import Resource
 logger = logging.getLogger(__name__)
 
 MAGIC = b"OTELBPF-RECORDING\n"
-VERSION = 1
+# Bumped whenever a kernel record's layout changes (2: the header's TCP facts and connect records).
+VERSION = 2
 _VERSION = struct.Struct("<H")
 _ENTRY = struct.Struct("<BI")
 _COUNT = struct.Struct("<I")

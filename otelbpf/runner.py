@@ -33,7 +33,7 @@ from otelbpf.export import (
     resolve_otlp_settings,
 )
 from otelbpf.governor import LoadGovernor
-from otelbpf.kernel_offsets import all_offsets
+from otelbpf.kernel_offsets import all_offsets, tracepoint_offsets
 from otelbpf.kubernetes import KubeApi, KubeletLogs, KubernetesMetadata, node_name
 from otelbpf.linking import TraceLinker
 from otelbpf.metrics import RequestMetrics
@@ -41,6 +41,7 @@ from otelbpf.otlp_metrics import MetricsExporter, MetricsSettings, resolve_metri
 from otelbpf.recording import Recorder
 from otelbpf.resources import ResourceCache, host_name
 from otelbpf.targets import ContainerWatch, TargetError, TargetSpec, exes_not_running, resolve
+from otelbpf.tcp_metrics import TcpMetrics
 from otelbpf.tls_follow import TlsFollower
 from otelbpf.tls_libraries import LibraryScanner, TlsLibrary
 from otelbpf.tls_processes import ProcessProbes
@@ -350,6 +351,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         FOLLOW_ALL,
         FOLLOW_EXECS,
         FOLLOW_NONE,
+        TCP_TRACEPOINTS,
         TRACEPOINTS,
         KernelProbes,
         ProbeError,
@@ -364,6 +366,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         resp_capture_bytes=args.response_capture_bytes,
         max_connections=args.max_connections,
         ringbuf_pages=args.ring_buffer_pages,
+        tcp_facts=args.tcp_facts,
     )
     try:
         settings.cflags()
@@ -386,10 +389,10 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         preflight.check_root()
         preflight.check_btf()
-        preflight.check_tracepoints(TRACEPOINTS)
+        preflight.check_tracepoints(TRACEPOINTS + (TCP_TRACEPOINTS if args.tcp_facts else []))
         preflight.check_kernel_headers()
         pids = resolve(spec, containers=watch)
-        offsets = all_offsets()
+        offsets = {**all_offsets(), **tracepoint_offsets(preflight.tracefs_root())}
         user_tls = user_libraries(args.tls_library) if args.tls else []
     except (preflight.PreflightError, TargetError, BtfError, TlsConfigError) as exc:
         raise RunError(str(exc)) from exc
@@ -461,7 +464,10 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             periodic.append((1.0, govern))
         # Drawn here, not inside IdGenerator, so that a recording keeps it: replay then draws the same ids.
         seed = random.SystemRandom().getrandbits(64)
-        requests = RequestMetrics(delta=msettings.histograms_delta) if msettings else None
+        requests = None
+        if msettings is not None:
+            tcp = [TcpMetrics(delta=msettings.histograms_delta)] if args.tcp_facts else []
+            requests = RequestMetrics(delta=msettings.histograms_delta, also=tcp)
         collector = pipeline(
             args, env, probes, reader, queue, seed, recorder, periodic, metrics=requests, containers=containers
         )

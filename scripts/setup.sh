@@ -12,9 +12,10 @@ DEMO="curl nginx-light openssl nodejs"
 # and crti.o, which gcc only recommends); readelf (binutils) cross-checks the ELF reader; setpriv
 # (util-linux) drops root for the not-root test; libnss3 and libgnutls-openssl27 are the look-alike
 # libraries that TLS discovery must refuse; wget is the GnuTLS client; the database tests start private
-# postgresql, mariadb-server and redis-server instances and drive them with psql, mariadb and redis-cli.
+# postgresql, mariadb-server and redis-server instances and drive them with psql, mariadb and redis-cli; the
+# TCP tests drop loopback packets with nftables and read the kernel's own socket counters with ss (iproute2).
 TEST="gcc libc6-dev binutils make util-linux libnss3 libgnutls-openssl27 wget
-  postgresql postgresql-client mariadb-server mariadb-client redis-server redis-tools"
+  postgresql postgresql-client mariadb-server mariadb-client redis-server redis-tools nftables iproute2"
 # make image and the container tests: Debian's Docker engine and docker-compose, and debootstrap to stand in the
 # base image when it cannot be pulled.
 CONTAINERS="docker.io docker-compose debootstrap"

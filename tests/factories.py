@@ -40,6 +40,10 @@ def http_event(**fields: object) -> RequestEvent:
         resp=b"",
         count=0,
         cause_ns=0,
+        retransmits=0,
+        srtt_us=0,
+        connect_us=0,
+        tcp_flags=0,
     )
     unknown = fields.keys() - base.keys()
     if unknown:
@@ -54,9 +58,20 @@ def record_bytes(ev: RequestEvent) -> bytes:
         events.EVENT_REQUEST, ev.protocol, ev.role, ev.tls, ev.end, ev.flags, ev.status, ev.pid, ev.tid,
         ev.start_ns, ev.end_ns, ev.cause_ns, ev.bytes_in, ev.bytes_out, ev.sock_id, ev.comm.encode(),
         ev.local_addr, ev.peer_addr, ev.local_port, ev.peer_port, ev.family,
+        ev.retransmits, ev.srtt_us, ev.connect_us, ev.tcp_flags,
         len(ev.req), len(ev.resp), ev.req_offset, ev.count,
     )  # fmt: skip
     return head + ev.req + ev.resp
+
+
+def connect_record_bytes(ev: RequestEvent) -> bytes:
+    """The ring-buffer record the kernel writes for a failed connect (``events.decode_connect`` reads it)."""
+    return events.RECORD_HEADER.pack(
+        events.EVENT_CONNECT, 0, events.ROLE_CLIENT, 0, 0, 0, ev.status, ev.pid, ev.tid,
+        ev.start_ns, ev.end_ns, ev.cause_ns, 0, 0, ev.sock_id, ev.comm.encode(),
+        ev.local_addr, ev.peer_addr, ev.local_port, ev.peer_port, ev.family,
+        ev.retransmits, ev.srtt_us, ev.connect_us, ev.tcp_flags, 0, 0, 0, 0,
+    )[: events.HEADER_SIZE]  # fmt: skip
 
 
 def process_record_bytes(pid: int, comm: str, filename: str, argv: list[str]) -> bytes:

@@ -80,4 +80,4 @@ def test_every_probe_tracepoint_exists_here():
     """The list preflight checks is the list the probes need, and this kernel has them all (tracefs is root-only)."""
     from otelbpf import preflight, probes
 
-    preflight.check_tracepoints(probes.TRACEPOINTS)
+    preflight.check_tracepoints(probes.TRACEPOINTS + probes.TCP_TRACEPOINTS)

@@ -118,8 +118,13 @@ def test_request_durations_and_own_counters(py_server, otelbpf, receiver, protoc
     limit = receiver.metric_points("otelbpf.rate_limit")[-1]
     # The load governor may have lowered it on a busy machine, never below --min-spans-per-second.
     assert (limit.kind, limit.unit) == ("gauge", "{request}/s") and 1000 <= limit.value <= 20000
-    (resource,) = {frozenset(p.resource.items()) for p in receiver.metric_points() if p.metric.startswith("otelbpf.")}
+    own_points = [p for p in receiver.metric_points() if p.metric.startswith("otelbpf.")]
+    (resource,) = {frozenset(p.resource.items()) for p in own_points if not p.metric.startswith("otelbpf.tcp.")}
     assert dict(resource)["service.name"] == "otelbpf" and "host.name" in dict(resource)
+    # The TCP facts' metrics are the traced processes': the client opened one connection, to the server.
+    connects = receiver.metric_points("otelbpf.tcp.connect.duration")
+    assert counts(connects, delta) == {frozenset(peer): 1}
+    assert {p.resource["process.pid"] for p in connects} == {client.pid}
     if protocol == "http/protobuf":
         assert {r.path for r in receiver.metric_requests()} == {"/v1/metrics"}
         assert {r.path for r in receiver.requests()} == {"/v1/traces"}

@@ -12,7 +12,16 @@ import pytest
 
 from otelbpf import btf as B
 from otelbpf.btf import Btf, BtfError
-from otelbpf.kernel_offsets import FILE_FIELDS, PROCESS_FIELDS, SOCKET_FIELDS, all_offsets, as_cflags, socket_offsets
+from otelbpf.kernel_offsets import (
+    FILE_FIELDS,
+    PROCESS_FIELDS,
+    SOCKET_FIELDS,
+    TCP_FIELDS,
+    all_offsets,
+    as_cflags,
+    socket_offsets,
+    tracepoint_offsets,
+)
 
 VMLINUX = Path(B.DEFAULT_VMLINUX_BTF)
 
@@ -216,6 +225,10 @@ REAL_MEMBERS = [
     ("task_struct", "mm"),
     ("mm_struct", "arg_start"),
     ("mm_struct", "arg_end"),
+    ("tcp_sock", "srtt_us"),
+    ("tcp_sock", "total_retrans"),
+    ("sock", "sk_err"),
+    ("sock", "sk_err_soft"),
     ("sock", "__sk_common"),
     ("sock", "__sk_common.skc_daddr"),
     ("sock", "__sk_common.skc_rcv_saddr"),
@@ -327,8 +340,54 @@ def test_real_socket_offsets(real_btf: Btf, gcc_layout: dict[str, int]) -> None:
 def test_real_struct_offsets(real_btf: Btf, gcc_layout: dict[str, int]) -> None:
     """Every offset passed to the BPF code besides the socket ones, against gcc's layout of the same BTF."""
     offsets = all_offsets(real_btf)
-    fields = {**PROCESS_FIELDS, **FILE_FIELDS}
+    fields = {**PROCESS_FIELDS, **FILE_FIELDS, **TCP_FIELDS}
     assert list(offsets) == [*SOCKET_FIELDS, *fields]
     for macro, (struct_name, member, _size) in fields.items():
         assert (struct_name, member) in REAL_MEMBERS, macro
         assert offsets[macro] == gcc_layout[f"off {struct_name} {member}"], macro
+
+
+TCP_SEND_RESET_FORMAT = """\
+name: tcp_send_reset
+ID: 1400
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:__u8 saddr[sizeof(struct sockaddr_in6)];\toffset:28;\tsize:28;\tsigned:0;
+\tfield:enum sk_rst_reason reason;\toffset:88;\tsize:4;\tsigned:0;
+"""
+
+
+def _tracefs(tmp_path: Path, text: str) -> Path:
+    d = tmp_path / "events" / "tcp" / "tcp_send_reset"
+    d.mkdir(parents=True)
+    (d / "format").write_text(text)
+    return tmp_path
+
+
+def test_tracepoint_offsets_from_a_format_file(tmp_path: Path) -> None:
+    assert tracepoint_offsets(_tracefs(tmp_path, TCP_SEND_RESET_FORMAT)) == {"OFF_TP_SEND_RESET_SKADDR": 16}
+
+
+def test_tracepoint_offsets_of_this_kernel() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("not root: tracefs is root's")
+    root = next(p for p in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")) if (p / "events").is_dir())
+    assert tracepoint_offsets(root)["OFF_TP_SEND_RESET_SKADDR"] in (16, 24)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (TCP_SEND_RESET_FORMAT.replace("skaddr", "sk"), "no field 'skaddr'"),
+        (TCP_SEND_RESET_FORMAT.replace("offset:16;\tsize:8", "offset:16;\tsize:4"), "is 4 bytes"),
+    ],
+)
+def test_tracepoint_offsets_refuse_what_they_cannot_read(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(BtfError, match=error):
+        tracepoint_offsets(_tracefs(tmp_path, text))
+    with pytest.raises(BtfError, match="cannot read the format"):
+        tracepoint_offsets(tmp_path / "nowhere")

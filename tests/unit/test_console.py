@@ -271,3 +271,16 @@ def test_https_spans_are_marked():
     ]
     colored = render(spans, color=True)
     assert "https" in colored and colored.count("https") == 1
+
+
+def test_tcp_failures_and_retransmits_are_shown():
+    connect = {"error.type": "connection_refused", "network.peer.address": "10.0.0.9", "network.peer.port": 5432}
+    spans = [
+        Span(TRACE, sid(2), "connect", SpanKind.CLIENT, T0 + 1 * MS, T0 + 2 * MS, FRONTEND, connect, sid(1),
+             StatusCode.ERROR, "Connection refused"),
+        Span(TRACE, sid(1), "GET /users", SpanKind.SERVER, T0, T0 + 10 * MS, FRONTEND,
+             {"http.response.status_code": 200, "otelbpf.tcp.retransmits": 3}),
+    ]  # fmt: skip
+    lines = render(spans, color=False).splitlines()
+    assert "SERVER GET /users 200 (3 retransmits)" in lines[1]
+    assert "CLIENT connect connection_refused 10.0.0.9:5432" in lines[2]

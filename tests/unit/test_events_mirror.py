@@ -66,6 +66,8 @@ def mirror_of(struct_name: str, capture: int) -> tuple[dict[str, tuple[int, int]
         return events.PAYLOAD_LAYOUT, 8 + data
     if struct_name == "otelbpf_request_event":
         return events.REQUEST_LAYOUT, request_event_size(capture)
+    if struct_name == "otelbpf_connect_event":
+        return events.CONNECT_LAYOUT, events.HEADER_SIZE
     if struct_name == "otelbpf_conn_addr":
         return events.CONN_LAYOUT, events.CONN_SIZE
     if struct_name == "otelbpf_process_event":

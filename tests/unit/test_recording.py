@@ -143,7 +143,7 @@ def test_unknown_version(tmp_path: Path) -> None:
     "content, message",
     [
         (b"not a recording at all", "is not an otelbpf recording"),
-        (MAGIC + struct.pack("<H", 9), "is an otelbpf recording of format 9; this otelbpf reads 1"),
+        (MAGIC + struct.pack("<H", 9), f"is an otelbpf recording of format 9; this otelbpf reads {VERSION}"),
         (None, "cannot read"),
     ],
     ids=["magic", "version", "missing"],

@@ -30,8 +30,13 @@
 #ifndef WAKEUP_EVERY
 #define WAKEUP_EVERY 64
 #endif
+/* 1: read the kernel's TCP facts onto each request and report failed connects (bpf/tcp.bpf.c). */
+#ifndef TCP_FACTS
+#define TCP_FACTS 1
+#endif
 #if !defined(OFF_SKC_DADDR) || !defined(OFF_SKC_NUM) || !defined(OFF_TASK_MM) || !defined(OFF_MM_ARG_START) || \
-	!defined(OFF_TASK_FILES) || !defined(OFF_SOCKET_SK)
+	!defined(OFF_TASK_FILES) || !defined(OFF_SOCKET_SK) || !defined(OFF_TCP_SRTT_US) || \
+	!defined(OFF_TCP_TOTAL_RETRANS) || !defined(OFF_SK_ERR) || !defined(OFF_SK_ERR_SOFT) || !defined(OFF_TP_SEND_RESET_SKADDR)
 #error "kernel struct offsets (OFF_*) must come from BTF: see otelbpf/kernel_offsets.py"
 #endif
 #define WINDOW_NS 100000000ULL
@@ -122,7 +127,7 @@ struct conn_state {
 	s64 left;
 	u64 tail;
 	u32 pending;
-	u32 _pad;
+	u32 retrans_start; /* the socket's total_retrans when the request in flight started */
 	u8 state; /* enum conn_state_kind */
 	u8 proto; /* enum otelbpf_protocol or enum conn_kind */
 	u8 role;
@@ -198,6 +203,22 @@ struct comm_key {
 	char comm[16];
 };
 
+/* What the TCP stack tells of one socket a traced process uses, by struct sock address: kept from
+ * the socket's connect or accept (or adoption) to its destruction, for the tracepoints in
+ * bpf/tcp.bpf.c, which see the socket but not the process or fd. */
+struct tcp_sock_facts {
+	u64 connect_ns; /* when the process called connect(); 0 for a socket it did not open */
+	u64 settled_ns; /* when the handshake ended: established, or failed (then reported) */
+	struct thread_request cause; /* what the thread was serving when it called connect() */
+	u32 tgid;
+	u32 tid;
+	char comm[OTELBPF_COMM_LEN];
+	u8 reset; /* a reset was sent or received */
+	u8 failed; /* the handshake failed */
+	u8 connect_reported; /* connect_us went out on a request already */
+	u8 _pad[5];
+};
+
 struct rate_window {
 	u64 start_ns;
 	u64 used;
@@ -244,6 +265,8 @@ BPF_HASH(tls_calls, u64, struct tls_call, MAX_THREADS_IN_IO);
 BPF_TABLE("lru_hash", u32, u8, tls_socket_bio, MAX_TARGETS);
 /* Finished requests for user space. */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* TCP facts of the sockets traced processes use (LRU: a socket whose destruction was missed). */
+BPF_TABLE("lru_hash", u64, struct tcp_sock_facts, tcp_socks, MAX_CONNECTIONS);
 
 static __always_inline void count(u32 idx)
 {
@@ -530,6 +553,57 @@ static __always_inline int is_own_conn(struct otelbpf_conn_addr *a)
 	return own_conns.lookup(&s->tuple) != NULL;
 }
 
+/* ---- TCP facts ---- */
+
+static __always_inline u32 tcp_total_retrans(u64 sk)
+{
+	u32 n = 0;
+	if (TCP_FACTS && sk)
+		bpf_probe_read_kernel(&n, sizeof(n), (void *)(sk + OFF_TCP_TOTAL_RETRANS));
+	return n;
+}
+
+/* Keep TCP facts for a socket a traced process reads or writes; a socket already known keeps its. */
+static __always_inline void tcp_track(u64 sk)
+{
+	if (!TCP_FACTS || !sk)
+		return;
+	struct tcp_sock_facts f = {};
+	tcp_socks.insert(&sk, &f);
+}
+
+/* Put the socket's TCP facts on the record about to go out. Read from the socket itself rather than
+ * counted per packet: total_retrans is the kernel's own count, and srtt_us its own estimate, so
+ * nothing runs per segment. Only sockets in tcp_socks are read: they are alive until
+ * tcp_destroy_sock removes them. */
+static __always_inline void tcp_facts_at_end(struct conn_state *st)
+{
+	st->ev.h.retransmits = 0;
+	st->ev.h.srtt_us = 0;
+	st->ev.h.connect_us = 0;
+	st->ev.h.tcp_flags = 0;
+	u64 sk = st->ev.h.sock_id;
+	if (!TCP_FACTS || !sk)
+		return;
+	struct tcp_sock_facts *f = tcp_socks.lookup(&sk);
+	if (!f)
+		return;
+	u32 srtt = 0;
+	bpf_probe_read_kernel(&srtt, sizeof(srtt), (void *)(sk + OFF_TCP_SRTT_US));
+	st->ev.h.retransmits = tcp_total_retrans(sk) - st->retrans_start;
+	st->ev.h.srtt_us = srtt >> 3; /* the kernel keeps it scaled by 8 */
+	u8 flags = OTELBPF_TCP_KNOWN;
+	if (f->reset)
+		flags |= OTELBPF_TCP_RESET;
+	if (f->connect_ns && f->settled_ns > f->connect_ns && !f->failed && !f->connect_reported &&
+	    st->role == OTELBPF_ROLE_CLIENT) {
+		st->ev.h.connect_us = (f->settled_ns - f->connect_ns) / 1000;
+		flags |= OTELBPF_TCP_CONNECT;
+		f->connect_reported = 1;
+	}
+	st->ev.h.tcp_flags = flags;
+}
+
 /* ---- requests and records ---- */
 
 /* Decide at a request's start whether it is traced, so a shed request costs no parsing at all. */
@@ -559,6 +633,7 @@ static __always_inline int sample_request(u64 now)
  * in per-CPU scratch first, so the record still carries no gap. */
 static __always_inline void emit(struct conn_state *st, u64 now)
 {
+	tcp_facts_at_end(st);
 	st->ev.h.type = OTELBPF_EVENT_REQUEST;
 	st->ev.h.protocol = st->proto;
 	bpf_get_current_comm(st->ev.h.comm, sizeof(st->ev.h.comm));
@@ -643,6 +718,7 @@ static __always_inline int start_request(struct conn_state *st, u64 now, u8 flag
 	}
 	st->state = ST_REQUEST;
 	st->close_ends = 0;
+	st->retrans_start = tcp_total_retrans(st->ev.h.sock_id);
 	st->ev.h.flags = flags;
 	st->ev.h.end = OTELBPF_END_COMPLETE;
 	st->ev.h.status = 0;

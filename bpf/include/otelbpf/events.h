@@ -23,6 +23,7 @@ enum otelbpf_event_type {
 	OTELBPF_EVENT_REQUEST = 1,
 	OTELBPF_EVENT_PROCESS = 2,
 	OTELBPF_EVENT_TASK = 3, /* on its own ring buffer, task_events: see struct otelbpf_task_event */
+	OTELBPF_EVENT_CONNECT = 4, /* a connect() that failed: see struct otelbpf_connect_event */
 };
 
 /* What a connection carries, decided in the kernel from its first bytes. User space picks the
@@ -67,6 +68,11 @@ enum otelbpf_end {
 #define OTELBPF_FLAG_ERROR 0x04 /* the protocol's own error reply was seen */
 #define OTELBPF_FLAG_RESP_TRUNCATED 0x08 /* the response had more bytes than were captured */
 
+/* otelbpf_record_header.tcp_flags */
+#define OTELBPF_TCP_KNOWN 0x01 /* the socket's TCP facts were read: retransmits and srtt_us are valid */
+#define OTELBPF_TCP_RESET 0x02 /* a reset was sent or received on the connection */
+#define OTELBPF_TCP_CONNECT 0x04 /* connect_us is valid: the first request of a connection this process opened */
+
 /* Addresses of one TCP connection, from the traced process's side. IPv4 addresses sit in the first
  * four bytes of the 16-byte arrays; ports are in host byte order. */
 struct otelbpf_conn_addr {
@@ -100,6 +106,13 @@ struct otelbpf_record_header {
 	__u64 sock_id; /* kernel socket identity, stable for the connection's life */
 	char comm[OTELBPF_COMM_LEN]; /* process name, for when the process is gone before /proc is read */
 	struct otelbpf_conn_addr conn;
+	/* What the kernel's TCP stack knew of the connection, read from its socket (tcp_flags says what
+	 * is valid). A failed connect's record holds only connect_us. */
+	__u32 retransmits; /* segments this socket retransmitted between the request's start and end */
+	__u32 srtt_us; /* the socket's smoothed round-trip time at the request's end */
+	__u32 connect_us; /* from connect() to established (or to the failure) */
+	__u8 tcp_flags; /* OTELBPF_TCP_* */
+	__u8 _pad[3];
 };
 
 /* The protocol's own bytes, after the header: the first bytes of the request, then the first bytes
@@ -117,6 +130,15 @@ struct otelbpf_payload {
 struct otelbpf_request_event {
 	struct otelbpf_record_header h;
 	struct otelbpf_payload p;
+};
+
+/* A connect() of a traced process that never reached ESTABLISHED: refused, timed out, unreachable,
+ * or given up by the process (closed while the handshake was pending, as a client's own connect
+ * timeout does). The header alone: type OTELBPF_EVENT_CONNECT, role client, protocol 0, status the
+ * socket's error (errno: ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...; 0 when the process gave up),
+ * start_ns at connect(), end_ns at the failure, cause_ns, tid and comm as at connect(). */
+struct otelbpf_connect_event {
+	struct otelbpf_record_header h;
 };
 
 /* A traced process started a program (exec). Sent so that a process which lives only a few
@@ -154,7 +176,7 @@ struct otelbpf_task_event {
 
 /* Indexes of the per-CPU counter array `stats`. */
 enum otelbpf_stat {
-	OTELBPF_STAT_REQUESTS = 0, /* request starts recognised */
+	OTELBPF_STAT_REQUESTS = 0, /* request starts recognised, and failed connects */
 	OTELBPF_STAT_EVENTS = 1, /* records written to the ring buffer */
 	OTELBPF_STAT_LOST_RINGBUF_FULL = 2, /* records lost: ring buffer full */
 	OTELBPF_STAT_SAMPLED_OUT = 3, /* requests shed by the rate limit, decided at their start */
@@ -170,7 +192,8 @@ enum otelbpf_stat {
 	OTELBPF_STAT_TLS_REBOUND = 13, /* such guesses corrected by a socket seen inside a later call */
 	OTELBPF_STAT_OWN_CONNS = 14, /* server ends of otelbpf's own export connections, not traced */
 	OTELBPF_STAT_TASK_EVENTS_LOST = 15, /* process events lost: task_events ring full */
-	OTELBPF_STAT_MAX = 16,
+	OTELBPF_STAT_CONNECT_FAILURES = 16, /* failed connects of traced processes sent as records */
+	OTELBPF_STAT_MAX = 17,
 };
 
 #endif /* OTELBPF_EVENTS_H */
