@@ -19,7 +19,7 @@ demo: setup
 
 test: setup
 	bash scripts/mount-tracefs.sh
-	$(VENV)/bin/pytest -q -ra tests
+	$(VENV)/bin/pytest -q -ra --durations=15 tests
 
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
