@@ -154,13 +154,13 @@ class Collector:
         linker = self._linker
         now = self._clock()
         for raw in records:
+            kind = raw[0] if raw else -1
             try:
-                connect = False
-                if raw and raw[0] == EVENT_PROCESS:
+                if kind == EVENT_PROCESS:
                     self._builder.resources.remember_exec(decode_process(raw))
                     continue
-                if raw and raw[0] == EVENT_CONNECT:
-                    ev, connect = decode_connect(raw), True
+                if kind == EVENT_CONNECT:
+                    ev = decode_connect(raw)
                 else:
                     ev = decode(raw, self._capture, self._resp_capture)
             except DecodeError as exc:
@@ -169,7 +169,7 @@ class Collector:
                     logger.warning("malformed kernel record (%d so far): %s", self.malformed, exc)
                 continue
             try:
-                span = self._builder.build_connect(ev) if connect else build(ev)
+                span = self._builder.build_connect(ev) if kind == EVENT_CONNECT else build(ev)
                 if span is None:
                     continue  # a handshake: it told a protocol module about the connection, nothing more
                 if linker is not None:
