@@ -982,6 +982,7 @@ def report(
     base10: Run,
     traced10: Run,
     nolimit10: Run | None,
+    tcp_off10: Run | None,
     profile: tuple[list[tuple[str, float]], int] | None,
     profile_seconds: float,
     rate: int = TARGET_RATE,
@@ -1005,6 +1006,8 @@ def report(
     us_per_span = t.collector_cpu_total_us / t.spans if t.spans else float("nan")
 
     cols = [("untraced", None), ("traced (defaults)", traced10)]
+    if tcp_off10 is not None:
+        cols.append(("traced, --no-tcp-facts", tcp_off10))
     if nolimit10 is not None:
         cols.append(("traced, --max-spans-per-second 0", nolimit10))
 
@@ -1177,16 +1180,32 @@ def report(
         f"{verdict(ratio >= TARGET_THROUGHPUT_RATIO)} ({ratio:.2f}).",
         "",
     ]
+    if tcp_off10 is not None and t.bpf_runs and tcp_off10.bpf_runs and t.served and tcp_off10.served:
+        o = tcp_off10
+        bpf_cost = t.bpf_ns / t.served - o.bpf_ns / o.served
+        cpu_cost = t.collector_cpu_total_us / t.spans - o.collector_cpu_total_us / o.spans if t.spans and o.spans else 0
+        lines += [
+            f"**What the TCP facts cost** (defaults minus `--no-tcp-facts`, the two windows back to back): "
+            f"{bpf_cost:+,.0f} ns of BPF run time per request served, {cpu_cost:+,.1f} µs of collector CPU per "
+            "span (ready → exit). The collector figure moves by a few µs between identical windows here; the BPF "
+            "figure is steadier.",
+            "",
+        ]
     if t.bpf_by_prog:
+        off_by = {name: ns for name, ns, _ in tcp_off10.bpf_by_prog} if tcp_off10 is not None else {}
+        off_head = " | ns per request, --no-tcp-facts" if off_by else ""
         lines += [
             "BPF run time by program in the traced (defaults) fixed-rate window:",
             "",
             f"| program (attached {'tracepoint' if tls is None else 'tracepoint or uprobe'}) "
-            "| ns per request served | runs per request | ns per run |",
-            "|---|---:|---:|---:|",
+            f"| ns per request served | runs per request | ns per run{off_head} |",
+            "|---|---:|---:|---:|" + ("---:|" if off_by else ""),
         ]
         for name, ns, cnt in t.bpf_by_prog[:8]:
-            lines.append(f"| `{name}` | {per(ns, t.served, 0)} | {per(cnt, t.served, 2)} | {per(ns, cnt, 0)} |")
+            off_cell = f" | {per(off_by.get(name, 0), tcp_off10.served, 0)}" if off_by else ""  # type: ignore[union-attr]
+            lines.append(
+                f"| `{name}` | {per(ns, t.served, 0)} | {per(cnt, t.served, 2)} | {per(ns, cnt, 0)}{off_cell} |"
+            )
         lines.append("")
     if profile:
         top, samples = profile
@@ -1225,6 +1244,9 @@ def main() -> int:
     )
     ap.add_argument(
         "--skip-nolimit", action="store_true", help="skip the fixed-rate run with the in-kernel rate limit off"
+    )
+    ap.add_argument(
+        "--skip-tcp-off", action="store_true", help="skip the fixed-rate run with --no-tcp-facts (the TCP facts' cost)"
     )
     ap.add_argument("--profile", action="store_true", help="add a py-spy profile of the collector at the fixed rate")
     ap.add_argument("--tls", action="store_true", help="nginx over HTTPS (TLS 1.2/1.3, self-signed certificate)")
@@ -1320,6 +1342,17 @@ def main() -> int:
         base10 = bench.untraced(f"{at} untraced", conns, args.rate_seconds, script)
         with bpf_stats_enabled():
             traced10 = bench.traced(f"{at} traced", conns, args.rate_seconds, script, bpf_stats=True)
+        tcp_off10 = None
+        if not args.skip_tcp_off:
+            with bpf_stats_enabled():
+                tcp_off10 = bench.traced(
+                    f"{at} traced, --no-tcp-facts",
+                    conns,
+                    args.rate_seconds,
+                    script,
+                    bpf_stats=True,
+                    extra_args=["--no-tcp-facts"],
+                )
         nolimit10 = None
         if not args.skip_nolimit:
             nolimit10 = bench.traced(
@@ -1346,7 +1379,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     startup = median([r.otelbpf_startup_s for r in [*sat_traced, traced10]])
-    windows = [*sat_base, *sat_traced, hooks, base10, traced10, *([nolimit10] if nolimit10 else [])]
+    windows = [*sat_base, *sat_traced, hooks, base10, traced10, *(r for r in (tcp_off10, nolimit10) if r)]
     disturbed = [r for r in windows if r.foreign_progs]
     if disturbed:
         notes.append(
@@ -1364,8 +1397,8 @@ def main() -> int:
         "The OTLP receiver (bench/span_counter.py, Python gRPC, counting only) runs on the same 2 CPUs; its CPU "
         "is taken from nginx, wrk and the collector and lowers the traced throughput. A collector on another "
         "machine would not cost this.",
-        "BPF run time comes from kernel.bpf_stats_enabled=1 during the traced fixed-rate window (restored "
-        "after), summed over the tracepoint "
+        "BPF run time comes from kernel.bpf_stats_enabled=1 during the traced fixed-rate windows with the "
+        "defaults and with --no-tcp-facts (restored after), summed over the tracepoint "
         + ("and uprobe " if args.tls else "")
         + "programs otelbpf loaded; it counts every run, including syscalls "
         "of wrk and other processes that the programs filter out early. Enabling the statistics itself adds a "
@@ -1411,6 +1444,7 @@ def main() -> int:
         base10,
         traced10,
         nolimit10,
+        tcp_off10,
         profile,
         args.rate_seconds,
         rate,
