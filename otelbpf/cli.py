@@ -33,6 +33,14 @@ RECORD_EXAMPLES = """examples:
 """
 
 
+CHECK_EXAMPLES = """Exit status 1 when otelbpf cannot run here (a basic feature missing), else 0.
+examples:
+  otelbpf check                                # the kernel, privileges, bcc and /usr/bin/python3's USDT probes
+  otelbpf check --pid 1234                     # and the TLS libraries process 1234 maps
+  otelbpf check --python /opt/app/bin/python   # another interpreter's USDT probes
+"""
+
+
 # Integer tunables: flag, environment variable, default, help.
 INT_TUNABLES = [
     (
@@ -123,6 +131,24 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         epilog=RECORD_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    check = sub.add_parser(
+        "check",
+        help="say what this kernel, this machine and the given targets support, one line per feature",
+        epilog=CHECK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--pid", type=int, action="append", default=[], metavar="PID", help="list the TLS libraries this process maps"
+    )
+    check.add_argument(
+        "--python",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="look for CPython's function USDT probes in this interpreter (default: /usr/bin/python3, else python3 "
+        "on PATH)",
+    )
+    check.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     replay.add_argument("file", metavar="FILE", help="a recording written by `otelbpf record`")
     _add_export_options(replay.add_argument_group("export (no endpoint: traces are printed in the terminal)"))
     replay.add_argument(
@@ -419,6 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="otelbpf: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "check":
+        from otelbpf.check import report, run_checks
+
+        text, code = report(run_checks(args.pid, args.python))
+        print(text)
+        return code
     from otelbpf.runner import RunError, run
 
     try:

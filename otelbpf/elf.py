@@ -1,4 +1,4 @@
-"""Minimal ELF64 little-endian reader: which functions a file exports or imports through its dynamic symbol table.
+"""Minimal ELF64 little-endian reader: the functions a file exports or imports, and its USDT probes.
 
 Only what uprobe targeting needs, without third-party dependencies. Files are read with pread of the few
 regions that matter (headers, .dynsym, .dynstr), never whole: an executable such as /usr/bin/node is 100 MB.
@@ -19,9 +19,12 @@ ELFCLASS64 = 2
 ELFDATA2LSB = 1
 
 SHT_STRTAB = 3
+SHT_NOTE = 7
 SHT_DYNSYM = 11
 SHT_GNU_HASH = 0x6FFFFFF6
 SHN_UNDEF = 0
+
+NT_STAPSDT = 3  # a SystemTap/USDT probe descriptor in .note.stapsdt
 
 STT_NOTYPE = 0
 STT_FUNC = 2
@@ -282,3 +285,57 @@ def _occurrences(haystack: bytes, needle: bytes) -> list[int]:
         found.append(at)
         at = haystack.find(needle, at + 1)
     return found
+
+
+def stapsdt_probes(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(provider, name) of every USDT probe in an ELF file's .note.stapsdt section, in file order."""
+    with open(path, "rb") as f:
+        # Every region is checked against the file's size before it is read: a damaged header must give
+        # an ElfError, not a read of gigabytes.
+        file_size = os.fstat(f.fileno()).st_size
+        head = f.read(EHDR.size)
+        if len(head) < EHDR.size or not head.startswith(ELF_MAGIC):
+            raise ElfError(f"{path}: not an ELF file")
+        if head[4] != ELFCLASS64 or head[5] != ELFDATA2LSB:
+            raise ElfError(f"{path}: only 64-bit little-endian ELF is read")
+        ehdr = EHDR.unpack(head)
+        shoff, shnum, shstrndx = ehdr[6], ehdr[12], ehdr[13]
+        if shoff == 0 or shnum == 0:
+            return []
+        path = str(path)
+        _check_span(path, file_size, shoff, shnum * SHDR.size, "section header table")
+        if shstrndx >= shnum:
+            raise ElfError(f"{path}: section name table {shstrndx} is not among the {shnum} sections")
+        f.seek(shoff)
+        headers = list(SHDR.iter_unpack(f.read(shnum * SHDR.size)))
+        names_sh = headers[shstrndx]
+        _check_span(path, file_size, names_sh[4], names_sh[5], "section name table")
+        f.seek(names_sh[4])
+        names = f.read(names_sh[5])
+        probes: list[tuple[str, str]] = []
+        for sh in headers:
+            if sh[1] != SHT_NOTE or names[sh[0] : sh[0] + 14] != b".note.stapsdt\0":
+                continue
+            _check_span(path, file_size, sh[4], sh[5], ".note.stapsdt")
+            f.seek(sh[4])
+            probes += _notes(f.read(sh[5]))
+        return probes
+
+
+def _notes(data: bytes) -> list[tuple[str, str]]:
+    """The stapsdt notes of one note section: (provider, name) each."""
+    out = []
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, kind = struct.unpack_from("<III", data, pos)
+        name_at = pos + 12
+        desc_at = name_at + (namesz + 3) // 4 * 4
+        end = desc_at + (descsz + 3) // 4 * 4
+        if end > len(data) + 3:
+            break  # damaged: keep what was read
+        if kind == NT_STAPSDT and data[name_at : name_at + namesz] == b"stapsdt\0" and descsz > 24:
+            strings = data[desc_at + 24 : desc_at + descsz].split(b"\0")
+            if len(strings) >= 2:
+                out.append((strings[0].decode("ascii", "replace"), strings[1].decode("ascii", "replace")))
+        pos = end
+    return out
