@@ -6,11 +6,12 @@ regions that matter (headers, .dynsym, .dynstr), never whole: an executable such
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ ELFCLASS64 = 2
 ELFDATA2LSB = 1
 
 SHT_STRTAB = 3
+SHT_SYMTAB = 2
 SHT_NOTE = 7
 SHT_DYNSYM = 11
 SHT_GNU_HASH = 0x6FFFFFF6
@@ -63,8 +65,22 @@ def _check_span(path: str, file_size: int, offset: int, size: int, what: str) ->
         raise ElfError(f"{path}: truncated ELF file ({what} ends at {offset + size}, file has {file_size} bytes)")
 
 
-def _dynsym_sections(fd: int, path: str, file_size: int) -> tuple[tuple, tuple, tuple | None] | None:
-    """(.dynsym, its string table, its .gnu.hash or None) section headers, or None when the file has no .dynsym."""
+@contextlib.contextmanager
+def _open_regular(name: str) -> Iterator[tuple[int, os.stat_result]]:
+    """A read-only descriptor of a regular file, and its stat; closed on leaving."""
+    # O_NONBLOCK: a FIFO or device at a mapped path must not hang the scan; regular files ignore the flag.
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ElfError(f"{name}: not a regular file")
+        yield fd, st
+    finally:
+        os.close(fd)
+
+
+def _section_headers(fd: int, path: str, file_size: int) -> list[tuple]:
+    """Every section header of a 64-bit little-endian ELF file (none when it has no section header table)."""
     ident = _read(fd, 0, 16, "ELF identification", path) if file_size >= 16 else b""
     if not ident.startswith(ELF_MAGIC):
         raise ElfError(f"{path}: not an ELF file")
@@ -78,7 +94,7 @@ def _dynsym_sections(fd: int, path: str, file_size: int) -> tuple[tuple, tuple, 
     shoff, shentsize, shnum = ehdr[6], ehdr[11], ehdr[12]
     if shoff == 0:
         # Section headers are optional for loading (sstrip removes them); without them there is no .dynsym to find.
-        return None
+        return []
     if shentsize != SHDR.size:
         raise ElfError(f"{path}: unexpected section header size {shentsize}")
     if shnum == 0:
@@ -86,7 +102,12 @@ def _dynsym_sections(fd: int, path: str, file_size: int) -> tuple[tuple, tuple, 
         shnum = _section(fd, path, shoff, 0)[5]
     _check_span(path, file_size, shoff, shnum * SHDR.size, "section header table")
     table = _read(fd, shoff, shnum * SHDR.size, "section header table", path)
-    headers = list(SHDR.iter_unpack(table))
+    return list(SHDR.iter_unpack(table))
+
+
+def _dynsym_sections(fd: int, path: str, file_size: int) -> tuple[tuple, tuple, tuple | None] | None:
+    """(.dynsym, its string table, its .gnu.hash or None) section headers, or None when the file has no .dynsym."""
+    headers = _section_headers(fd, path, file_size)
     for index, sh in enumerate(headers):
         if sh[1] != SHT_DYNSYM:
             continue
@@ -175,12 +196,7 @@ def _dynamic_symbol_table(
 ) -> tuple[bytes, bytes, list[SymbolRow] | None]:
     """The raw .dynsym and .dynstr contents (both empty when the file has no .dynsym), or, when only ``wanted``
     defined names are asked for and the file has a GNU hash table, just their rows, looked up as ld.so does."""
-    # O_NONBLOCK: a FIFO or device at a mapped path must not hang the scan; regular files ignore the flag.
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ElfError(f"{name}: not a regular file")
+    with _open_regular(name) as (fd, st):
         sections = _dynsym_sections(fd, name, st.st_size)
         if sections is None:
             logger.debug("%s: no .dynsym section", name)
@@ -201,8 +217,38 @@ def _dynamic_symbol_table(
             # address (its PLT entry, for function pointer comparisons): they are hashed.
             return b"", b"", hashed if defined else table.unhashed(wanted) + hashed
         return _read(fd, sym_off, sym_size, ".dynsym", name), _read(fd, str_off, str_size, ".dynstr", name), None
-    finally:
-        os.close(fd)
+
+
+def function_symbols(path: str | os.PathLike, max_table_bytes: int = 64 << 20) -> dict[str, int]:
+    """Every function a file defines, by name, with its st_value: .dynsym's and, where present, .symtab's (which
+    adds static and hidden functions). A name defined twice keeps its first address, .dynsym first.
+
+    A symbol table larger than max_table_bytes is an ElfError, not a read of all of it."""
+    name = os.fspath(path)
+    with _open_regular(name) as (fd, st):
+        headers = _section_headers(fd, name, st.st_size)
+        found: dict[str, int] = {}
+        for kind in (SHT_DYNSYM, SHT_SYMTAB):
+            for sh in headers:
+                if sh[1] != kind:
+                    continue
+                link = sh[6]
+                if link >= len(headers) or headers[link][1] != SHT_STRTAB:
+                    raise ElfError(f"{name}: a symbol table links to section {link}, which is not a string table")
+                strtab = headers[link]
+                size = sh[5] - sh[5] % SYM.size
+                for what, off, length in (("symbol table", sh[4], size), ("string table", strtab[4], strtab[5])):
+                    _check_span(name, st.st_size, off, length, what)
+                    if length > max_table_bytes:
+                        raise ElfError(f"{name}: {what} of {length} bytes, more than {max_table_bytes} read")
+                strings = _read(fd, strtab[4], strtab[5], "string table", name) + b"\0"
+                for n, info, _, shndx, value, _ in SYM.iter_unpack(_read(fd, sh[4], size, "symbol table", name)):
+                    if shndx == SHN_UNDEF or (info & 0xF) not in _FUNC_TYPES or not value or n >= len(strings) - 1:
+                        continue
+                    sym = strings[n : strings.find(b"\0", n)].decode("utf-8", "surrogateescape")
+                    if sym:
+                        found.setdefault(sym, value)
+        return found
 
 
 def gnu_hash(name: bytes) -> int:
@@ -289,36 +335,25 @@ def _occurrences(haystack: bytes, needle: bytes) -> list[int]:
 
 def stapsdt_probes(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(provider, name) of every USDT probe in an ELF file's .note.stapsdt section, in file order."""
-    with open(path, "rb") as f:
-        # Every region is checked against the file's size before it is read: a damaged header must give
-        # an ElfError, not a read of gigabytes.
-        file_size = os.fstat(f.fileno()).st_size
-        head = f.read(EHDR.size)
-        if len(head) < EHDR.size or not head.startswith(ELF_MAGIC):
-            raise ElfError(f"{path}: not an ELF file")
-        if head[4] != ELFCLASS64 or head[5] != ELFDATA2LSB:
-            raise ElfError(f"{path}: only 64-bit little-endian ELF is read")
-        ehdr = EHDR.unpack(head)
-        shoff, shnum, shstrndx = ehdr[6], ehdr[12], ehdr[13]
-        if shoff == 0 or shnum == 0:
+    name = os.fspath(path)
+    with _open_regular(name) as (fd, st):
+        # Every region is checked against the file's size before it is read: a damaged header must give an
+        # ElfError, not a read of gigabytes.
+        headers = _section_headers(fd, name, st.st_size)
+        if not headers:
             return []
-        path = str(path)
-        _check_span(path, file_size, shoff, shnum * SHDR.size, "section header table")
-        if shstrndx >= shnum:
-            raise ElfError(f"{path}: section name table {shstrndx} is not among the {shnum} sections")
-        f.seek(shoff)
-        headers = list(SHDR.iter_unpack(f.read(shnum * SHDR.size)))
+        shstrndx = EHDR.unpack(_read(fd, 0, EHDR.size, "ELF header", name))[13]
+        if shstrndx >= len(headers):
+            raise ElfError(f"{name}: section name table {shstrndx} is not among the {len(headers)} sections")
         names_sh = headers[shstrndx]
-        _check_span(path, file_size, names_sh[4], names_sh[5], "section name table")
-        f.seek(names_sh[4])
-        names = f.read(names_sh[5])
+        _check_span(name, st.st_size, names_sh[4], names_sh[5], "section name table")
+        names = _read(fd, names_sh[4], names_sh[5], "section name table", name)
         probes: list[tuple[str, str]] = []
         for sh in headers:
             if sh[1] != SHT_NOTE or names[sh[0] : sh[0] + 14] != b".note.stapsdt\0":
                 continue
-            _check_span(path, file_size, sh[4], sh[5], ".note.stapsdt")
-            f.seek(sh[4])
-            probes += _notes(f.read(sh[5]))
+            _check_span(name, st.st_size, sh[4], sh[5], ".note.stapsdt")
+            probes += _notes(_read(fd, sh[4], sh[5], ".note.stapsdt", name))
         return probes
 
 

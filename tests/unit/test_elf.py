@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from otelbpf.elf import ElfError, exported_function_addresses, exported_functions, gnu_hash, imported_functions
+from otelbpf.elf import (
+    ElfError,
+    exported_function_addresses,
+    exported_functions,
+    function_symbols,
+    gnu_hash,
+    imported_functions,
+)
 
 LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
 
@@ -193,3 +200,43 @@ def test_missing_file_raises_oserror(tmp_path: Path) -> None:
 
 def test_elf_error_is_a_value_error() -> None:
     assert issubclass(ElfError, ValueError)
+
+
+def readelf_defined_functions(path: Path) -> set[str]:
+    """Every defined function in .dynsym and .symtab, by binutils."""
+    out = subprocess.run(["readelf", "-W", "--syms", str(path)], check=True, capture_output=True, text=True)
+    names = set()
+    for line in out.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[0].endswith(":") and fields[3] in ("FUNC", "IFUNC"):
+            if fields[6] != "UND" and int(fields[1], 16):
+                names.add(fields[7].split("@")[0])
+    return names
+
+
+def test_function_symbols_add_the_symbol_tables_static_and_hidden_functions(built: dict[str, Path]) -> None:
+    found = function_symbols(built["shared"])
+    statics = {"hidden_fn", "local_helper", "impl", "resolve"}
+    assert {"SSL_read", "SSL_write", "weak_fn", "ifunc_fn", *statics} <= set(found)
+    assert "exported_data" not in found and "imported_fn" not in found
+    assert set(found) == readelf_defined_functions(built["shared"])
+    assert found["SSL_read"] == exported_function_addresses(built["shared"], ["SSL_read"])["SSL_read"]
+    # A file with no .dynsym at all still has its .symtab.
+    assert set(function_symbols(built["static"])) == {"_start"}
+
+
+def test_function_symbols_of_a_stripped_file_are_its_exports(built: dict[str, Path], tmp_path: Path) -> None:
+    stripped = tmp_path / "libstripped.so"
+    shutil.copy(built["shared"], stripped)
+    subprocess.run(["strip", "--strip-all", str(stripped)], check=True)
+    assert set(function_symbols(stripped)) == exported_functions(stripped) == readelf_defined_functions(stripped)
+
+
+def test_function_symbols_refuse_a_table_over_the_bound(built: dict[str, Path]) -> None:
+    with pytest.raises(ElfError, match="more than 64 read"):
+        function_symbols(built["shared"], max_table_bytes=64)
+
+
+def test_function_symbols_of_debian_python_include_the_interpreter_loop() -> None:
+    found = function_symbols("/usr/bin/python3.11")
+    assert "_PyEval_EvalFrameDefault" in found and found["_PyEval_EvalFrameDefault"] > 0
