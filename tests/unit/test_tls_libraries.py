@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from otelbpf import tls_libraries
+from otelbpf.mappings import Mapping, mapped_files, openable_path
 from otelbpf.tls_libraries import (
     GNUTLS,
     OPENSSL,
@@ -20,7 +21,6 @@ from otelbpf.tls_libraries import (
     TlsLibrary,
     classify,
     is_candidate,
-    mapped_files,
     system_libraries,
 )
 
@@ -299,7 +299,7 @@ def test_scan_cache_stays_bounded(tmp_path: Path, process) -> None:
     assert scanner.scan([process(*python_loading(*libs)).pid]) == []
 
 
-def own_libssl_mapping() -> tls_libraries.Mapping:
+def own_libssl_mapping() -> Mapping:
     with open("/proc/self/maps") as f:
         (mapped,) = [m for m in mapped_files(f.read()) if m.path == str(LIBSSL)]
     return mapped
@@ -309,14 +309,14 @@ def test_path_in_another_mount_namespace_goes_through_proc_root(monkeypatch: pyt
     # Our own process stands in for a container: its /proc/PID/root view is the same file, so the plain path wins;
     # when our namespace has a different file at that path, the /proc/PID/root path must be used.
     pid, mapped = os.getpid(), own_libssl_mapping()
-    assert tls_libraries._resolve(pid, mapped) == str(LIBSSL)
+    assert openable_path(pid, mapped) == str(LIBSSL)
     real_stat = os.stat
 
     def other_file_here(path, *args, **kwargs):
         return real_stat(__file__ if path == str(LIBSSL) else path, *args, **kwargs)
 
     monkeypatch.setattr(os, "stat", other_file_here)
-    assert tls_libraries._resolve(pid, mapped) == f"/proc/{pid}/root{LIBSSL}"
+    assert openable_path(pid, mapped) == f"/proc/{pid}/root{LIBSSL}"
 
 
 @pytest.mark.parametrize("shown", ["/var/tmp/chroot/usr/lib/x86_64-linux-gnu/libssl.so.3", __file__])
@@ -325,7 +325,7 @@ def test_a_mapped_path_that_leads_elsewhere_goes_through_map_files(shown: str) -
     if os.geteuid() != 0:
         pytest.skip("not root: /proc/PID/map_files needs CAP_SYS_ADMIN")
     pid, mapped = os.getpid(), own_libssl_mapping()
-    path = tls_libraries._resolve(pid, mapped._replace(path=shown))
+    path = openable_path(pid, mapped._replace(path=shown))
     assert path == f"/proc/{pid}/map_files/{mapped.span}"
     lib = tls_libraries._inspect(path, shown)
     assert lib is not None and (lib.kind, lib.file_id) == (OPENSSL, file_id(LIBSSL))
@@ -336,7 +336,7 @@ def test_a_path_that_leads_nowhere_without_map_files_is_an_error(monkeypatch: py
     # Without map_files (no CAP_SYS_ADMIN) the scanner must see the failure, not a wrong file.
     pid, mapped = os.getpid(), own_libssl_mapping()
     with pytest.raises(FileNotFoundError):
-        tls_libraries._resolve(pid, mapped._replace(path="/no/such/dir/libssl.so.3", span="1-2"))
+        openable_path(pid, mapped._replace(path="/no/such/dir/libssl.so.3", span="1-2"))
 
 
 def test_scan_reports_a_known_file_under_each_process_own_path(process) -> None:
