@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import subprocess
 from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
 _DELETED = " (deleted)"
+_LDCONFIG_LINE = re.compile(r"^\s*(\S+)\s+\(.*\)\s+=>\s+(/.+)$")  # "\tlibssl.so.3 (libc6,x86-64) => /lib/..."
 
 
 class Mapping(NamedTuple):
@@ -85,3 +89,19 @@ def same_file(seen: os.stat_result, mapped: os.stat_result) -> bool:
     if (seen.st_dev, seen.st_ino) == (mapped.st_dev, mapped.st_ino):
         return True
     return (seen.st_ino, seen.st_size, seen.st_mtime_ns) == (mapped.st_ino, mapped.st_size, mapped.st_mtime_ns)
+
+
+def linker_cache() -> list[tuple[str, str]]:
+    """(name, path) of every library in the dynamic linker's cache (``ldconfig -p``): what processes started
+    later may map. Empty where there is no ldconfig or no cache (musl-based images)."""
+    ldconfig = shutil.which("ldconfig") or next(
+        (p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), None
+    )
+    if ldconfig is None:
+        return []
+    try:
+        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.debug("ldconfig -p failed: %s", exc)
+        return []
+    return [(m.group(1), m.group(2)) for m in map(_LDCONFIG_LINE.match, out.splitlines()) if m]

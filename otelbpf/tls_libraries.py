@@ -10,14 +10,12 @@ import glob
 import logging
 import os
 import re
-import shutil
 import stat
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from otelbpf.elf import ElfError, exported_function_addresses, imported_functions
-from otelbpf.mappings import mapped_files, openable_path
+from otelbpf.mappings import linker_cache, mapped_files, openable_path
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +31,6 @@ _ALL_SYMBOLS = frozenset(name for required, optional in HOOKABLE.values() for na
 
 # A library file named like this is the shared TLS library itself; anything else exporting the API embeds it.
 _SHARED_NAME = re.compile(r"^lib(ssl|gnutls)[^/]*\.so(\.|$)")
-_LDCONFIG_LINE = re.compile(r"^\s*(\S+)\s+\(.*\)\s+=>\s+(/.+)$")  # "\tlibssl.so.3 (libc6,x86-64) => /lib/..."
 _FALLBACK_GLOBS = tuple(
     f"{root}/{name}"
     for root in ("/usr/lib/*", "/lib/*", "/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/local/lib*")
@@ -115,22 +112,7 @@ def is_candidate(path: str) -> bool:
 
 
 def _ldconfig_paths() -> list[str]:
-    ldconfig = shutil.which("ldconfig") or next(
-        (p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), None
-    )
-    if ldconfig is None:
-        return []
-    try:
-        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        logger.debug("ldconfig -p failed: %s", exc)
-        return []
-    paths = []
-    for line in out.splitlines():
-        match = _LDCONFIG_LINE.match(line)
-        if match and is_candidate(match.group(1)):
-            paths.append(match.group(2))
-    return paths
+    return [path for name, path in linker_cache() if is_candidate(name)]
 
 
 def system_libraries() -> list[TlsLibrary]:
