@@ -14,7 +14,7 @@ import os
 import platform
 import shutil
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,12 +99,11 @@ def btf(path: str = DEFAULT_VMLINUX_BTF) -> Finding:
     """Kernel BTF, and every struct offset the programs read from it."""
     from otelbpf import kernel_offsets
 
-    if not os.path.exists(path):
-        return Finding(
-            "BTF", MISSING, f"{path} not found: the kernel needs CONFIG_DEBUG_INFO_BTF=y (socket offsets)", basic=True
-        )
     try:
+        preflight.check_btf(path)
         offsets = kernel_offsets.all_offsets(Btf.load(path))
+    except preflight.PreflightError as exc:
+        return Finding("BTF", MISSING, str(exc), basic=True)
     except (BtfError, OSError) as exc:
         return Finding("BTF", MISSING, f"{path}: {exc}", basic=True)
     return Finding("BTF", OK, f"{path}: all {len(offsets)} struct offsets found", basic=True)
@@ -116,18 +115,16 @@ def tracepoints(names: Sequence[str], optional: Sequence[str] = (), root: Path |
         root = root or preflight.tracefs_root()
     except preflight.PreflightError as exc:
         return Finding("tracepoints", MISSING, str(exc), basic=True)
-    events = root / "events"
-
-    def absent(wanted: Iterable[str]) -> list[str]:
-        return [n for n in wanted if not (events / n.replace(":", "/") / "format").exists()]
-
-    missing, missing_optional = absent(names), absent(optional)
-    if missing:
-        hint = " (syscall tracepoints need CONFIG_FTRACE_SYSCALLS)" if any("syscalls" in m for m in missing) else ""
-        return Finding("tracepoints", MISSING, f"not in this kernel: {', '.join(missing)}{hint}", basic=True)
+    # The same test `otelbpf run` makes before it attaches anything, so the two never disagree.
+    try:
+        preflight.check_tracepoints(list(names), root)
+    except preflight.PreflightError as exc:
+        return Finding("tracepoints", MISSING, str(exc), basic=True)
     detail = f"all {len(names)} needed, under {root}"
-    if missing_optional:
-        detail += f"; without {', '.join(missing_optional)}: run with --no-tcp-facts"
+    try:
+        preflight.check_tracepoints(list(optional), root)
+    except preflight.PreflightError as exc:
+        detail += f"; {exc}: run with --no-tcp-facts"
     return Finding("tracepoints", OK, detail, basic=True)
 
 
